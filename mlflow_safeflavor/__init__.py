@@ -1,0 +1,44 @@
+"""mlflow-safeflavor: log, register, serve and share MLflow models without pickle.
+
+The public surface is the MLflow flavor convention — :func:`save_model`, :func:`log_model`,
+:func:`load_model` — plus :func:`load_pyfunc`, a pyfunc loader that never follows the
+``loader_module`` written in an artifact, and the :class:`SafeFlavorError` family.
+"""
+
+from mlflow_safeflavor._version import __version__
+from mlflow_safeflavor.errors import (
+    IntegrityError,
+    InvalidArgumentError,
+    MalformedArtifactError,
+    SafeFlavorError,
+    SignatureError,
+    UnsupportedModelError,
+    UntrustedTypesError,
+)
+from mlflow_safeflavor.flavor import (
+    SafeFlavorPyfunc,
+    _load_pyfunc,
+    load_model,
+    load_pyfunc,
+    log_model,
+    save_model,
+)
+from mlflow_safeflavor.record import FLAVOR_NAME
+
+__all__ = [
+    "FLAVOR_NAME",
+    "IntegrityError",
+    "InvalidArgumentError",
+    "MalformedArtifactError",
+    "SafeFlavorError",
+    "SafeFlavorPyfunc",
+    "SignatureError",
+    "UnsupportedModelError",
+    "UntrustedTypesError",
+    "__version__",
+    "_load_pyfunc",
+    "load_model",
+    "load_pyfunc",
+    "log_model",
+    "save_model",
+]

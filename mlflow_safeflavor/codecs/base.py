@@ -1,0 +1,68 @@
+"""The codec protocol and the small value types codecs exchange with the flavor layer."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+from mlflow_safeflavor.errors import MalformedArtifactError
+
+PREDICT_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function")
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a codec wrote: file names (relative to the model dir) and the record to put in MLmodel."""
+
+    files: tuple[str, ...]
+    model_class: str
+    library_versions: dict[str, str]
+    trusted_types: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Codec(Protocol):
+    """One library's storage: detect, save, list required types, load from verified bytes."""
+
+    name: str
+    classes: Mapping[str, tuple[str, str]]
+
+    def accepts(self, model: Any) -> bool: ...
+
+    def save(self, model: Any, directory: Path, *, prefix: str = "", options: Mapping[str, Any]) -> Saved: ...
+
+    def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]: ...
+
+    def load(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, trusted: list[str], path: str) -> Any: ...
+
+
+def resolve_class(classes: Mapping[str, tuple[str, str]], key: object, *, codec: str, path: str) -> type:
+    """Import the class a fixed-table key names; an unknown key is a malformed artifact.
+
+    The module and attribute come from our table, never from the artifact.
+    """
+    if not isinstance(key, str) or key not in classes:
+        raise MalformedArtifactError(
+            f"{path}: model_class {key!r} is not a known {codec} model class "
+            f"(known: {', '.join(sorted(classes))}). The MLmodel file was altered or written by "
+            "a newer mlflow-safeflavor; re-save the model or upgrade.",
+            path=path,
+        )
+    module, attr = classes[key]
+    return getattr(importlib.import_module(module), attr)
+
+
+def class_key(classes: Mapping[str, tuple[str, str]], model: Any) -> str | None:
+    """Return the table key for ``type(model)`` if it is exactly one of the table's classes."""
+    cls = type(model)
+    for key, (module, attr) in classes.items():
+        if cls.__name__ == attr and cls.__module__.split(".")[0] == module.split(".")[0]:
+            try:
+                if getattr(importlib.import_module(module), attr) is cls:
+                    return key
+            except (ImportError, AttributeError):
+                continue
+    return None

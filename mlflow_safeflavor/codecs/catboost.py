@@ -1,0 +1,69 @@
+"""CatBoost: every CatBoost model class in CatBoost's native ``.cbm`` format.
+
+The cbm file already carries class names, feature names and categorical feature indices, and
+CatBoost verifies its flatbuffers on load, so no wrapper state is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow_safeflavor.codecs.base import Saved, class_key, resolve_class
+from mlflow_safeflavor.errors import MalformedArtifactError
+
+MODEL_FILE = "model.cbm"
+
+
+class CatBoostCodec:
+    """Stores ``CatBoost``, ``CatBoostClassifier``, ``CatBoostRegressor`` and ``CatBoostRanker``."""
+
+    name = "catboost"
+    classes = {
+        "CatBoost": ("catboost", "CatBoost"),
+        "CatBoostClassifier": ("catboost", "CatBoostClassifier"),
+        "CatBoostRegressor": ("catboost", "CatBoostRegressor"),
+        "CatBoostRanker": ("catboost", "CatBoostRanker"),
+    }
+
+    def accepts(self, model: Any) -> bool:
+        return class_key(self.classes, model) is not None
+
+    def save(self, model: Any, directory: Path, *, prefix: str = "", options: Mapping[str, Any]) -> Saved:
+        import catboost
+
+        key = class_key(self.classes, model)
+        model.save_model(str(directory / f"{prefix}{MODEL_FILE}"), format="cbm")
+        return Saved(
+            files=(f"{prefix}{MODEL_FILE}",),
+            model_class=key,
+            library_versions={"catboost": catboost.__version__},
+            requirements=(f"catboost=={catboost.__version__}",),
+        )
+
+    def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]:
+        return set()
+
+    def load(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, trusted: list[str], path: str) -> Any:
+        import catboost
+
+        cls = resolve_class(self.classes, record.get("model_class"), codec=self.name, path=path)
+        names = [n for n in blobs if n.rsplit("/", 1)[-1] == MODEL_FILE]
+        if len(names) != 1:
+            raise MalformedArtifactError(f"{path}: model.cbm is not among the recorded files.", path=path)
+        model = cls()
+        try:
+            model.load_model(blob=blobs[names[0]])
+        except catboost.CatBoostError as exc:
+            raise MalformedArtifactError(
+                f"{path}: CatBoost could not parse model.cbm ({str(exc).splitlines()[0][:300]}). "
+                "The file is corrupt or not a CatBoost model; re-save it.",
+                path=path,
+            ) from None
+        return model
+
+    def predict(self, model: Any, method: str, data: Any) -> Any:
+        return getattr(model, method)(data)
+
+
+CODEC = CatBoostCodec()

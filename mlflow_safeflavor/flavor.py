@@ -1,0 +1,367 @@
+"""save_model / log_model / load_model / load_pyfunc and the pyfunc wrapper.
+
+Loading reads as six steps: read MLmodel → verify integrity (read each file once, check digests) →
+inspect the payload (what it needs trusted) → policy check → codec load → wrap. Nothing named by
+the artifact is imported before the policy check passes; codecs and classes come from fixed tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow_safeflavor import envfiles, integrity
+from mlflow_safeflavor import policy as _policy
+from mlflow_safeflavor._version import __version__
+from mlflow_safeflavor.codecs import codec_for, get_codec
+from mlflow_safeflavor.codecs.base import PREDICT_METHODS, Codec
+from mlflow_safeflavor.errors import (
+    InvalidArgumentError,
+    MalformedArtifactError,
+    SafeFlavorError,
+    UnsupportedModelError,
+)
+from mlflow_safeflavor.record import FLAVOR_NAME, FORMAT_VERSION, Record, parse_record, read_mlmodel
+from mlflow_safeflavor.validate.skops_zip import looks_like_pickle
+
+_logger = logging.getLogger(__name__)
+LOADER_MODULE = "mlflow_safeflavor"
+# Keys MLflow's Model.log forwards to every flavor's save_model; they do not concern storage.
+_IGNORED_SAVE_KWARGS = {"validate_serving_input", "prompts", "resources", "auth_policy", "serving_input"}
+
+
+# ----------------------------------------------------------------------------------------- save
+
+
+def save_model(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    trusted_types: Iterable[str] | None = None,
+    signature: Any = None,
+    input_example: Any = None,
+    pip_requirements: Any = None,
+    extra_pip_requirements: Any = None,
+    metadata: dict[str, Any] | None = None,
+    predict_method: str = "predict",
+    model_format: str | None = None,
+    conda_env: Any = None,
+    mlflow_model: Any = None,
+    **kwargs: Any,
+) -> None:
+    """Save ``model`` as an MLflow model directory at ``path``, without pickle.
+
+    scikit-learn estimators go to skops, XGBoost/LightGBM/CatBoost models to their native formats
+    (``model_format="json"`` picks XGBoost JSON instead of UBJ). MLmodel records the codec, the
+    model class key, a SHA-256 digest of every payload file and the types the payload needs
+    trusted beyond skops' defaults; ``trusted_types`` declares extra types the model may need. The
+    model is written to a temporary directory next to ``path`` and moved into place, so an error
+    leaves nothing behind. Raises a SafeFlavorError subclass on bad input or an unsupported model.
+    """
+    from mlflow.models import Model
+    from mlflow.models.signature import ModelSignature
+    from mlflow.models.utils import _save_example
+    from mlflow.pyfunc import add_to_model
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}.")
+    if predict_method not in PREDICT_METHODS:
+        raise InvalidArgumentError(
+            f"predict_method={predict_method!r} is not one of {PREDICT_METHODS}."
+        )
+    if signature is not None and signature is not False and not isinstance(signature, ModelSignature):
+        raise InvalidArgumentError(
+            f"signature must be an mlflow.models.ModelSignature, got {type(signature).__name__}."
+        )
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidArgumentError(f"metadata must be a dict, got {type(metadata).__name__}.")
+    extra_trusted = _policy.parse_type_list(trusted_types, source="trusted_types=")
+    unknown = sorted(set(kwargs) - _IGNORED_SAVE_KWARGS)
+    if unknown:
+        _logger.warning("mlflow_safeflavor.save_model: ignoring unknown arguments %s", unknown)
+
+    target = Path(os.path.abspath(os.fspath(path)))
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InvalidArgumentError(
+            f"{target} already exists and is not an empty directory; choose a new path or remove it."
+        )
+    codec = codec_for(model)
+    if predict_method != "predict" and not hasattr(model, predict_method):
+        raise InvalidArgumentError(
+            f"predict_method={predict_method!r}: {type(model).__name__} has no such method."
+        )
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.safeflavor-", dir=target.parent))
+    try:
+        options = {"model_format": model_format, "trusted_types": extra_trusted}
+        try:
+            saved = codec.save(model, tmp, options=options)
+        except SafeFlavorError:
+            raise
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"Cannot store {type(model).__name__} with the {codec.name} codec: "
+                f"{type(exc).__name__}: {str(exc)[:300]}. Nothing was written."
+            ) from exc
+        digests = {}
+        for name in saved.files:
+            data = (tmp / name).read_bytes()
+            if looks_like_pickle(data[:2]):
+                raise UnsupportedModelError(f"{name} came out as a pickle stream; refusing to write it.")
+            digests[name] = integrity.sha256_digest(data)
+
+        mlflow_model = mlflow_model if mlflow_model is not None else Model()
+        saved_example = _save_example(mlflow_model, input_example, str(tmp))
+        if signature is None and saved_example is not None:
+            from mlflow.models.signature import _infer_signature_from_input_example
+
+            wrapper = SafeFlavorPyfunc(model, codec, predict_method)
+            signature = _infer_signature_from_input_example(saved_example, wrapper)
+        if signature:
+            mlflow_model.signature = _with_predict_param(signature, predict_method)
+        if metadata is not None:
+            mlflow_model.metadata = metadata
+
+        add_to_model(
+            mlflow_model,
+            loader_module=LOADER_MODULE,
+            conda_env="conda.yaml",
+            python_env="python_env.yaml",
+        )
+        record = {
+            "format_version": FORMAT_VERSION,
+            "codec": codec.name,
+            "model_class": saved.model_class,
+            "library_versions": saved.library_versions,
+            "files": digests,
+            "trusted_types": list(saved.trusted_types),
+            "predict_method": predict_method,
+            "safeflavor_version": __version__,
+            **saved.extra,
+        }
+        mlflow_model.add_flavor(FLAVOR_NAME, **record)
+        mlflow_model.model_size_bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        mlflow_model.save(str(tmp / "MLmodel"))
+        envfiles.write(
+            str(tmp),
+            saved.requirements,
+            pip_requirements=pip_requirements,
+            extra_pip_requirements=extra_pip_requirements,
+            conda_env=conda_env,
+        )
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _with_predict_param(signature: Any, predict_method: str) -> Any:
+    """Return ``signature`` with a ``predict_method`` string param so MLflow passes it through."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    params = list(signature.params.params) if signature.params else []
+    if any(p.name == "predict_method" for p in params):
+        return signature
+    params.append(ParamSpec("predict_method", "string", predict_method))
+    return ModelSignature(inputs=signature.inputs, outputs=signature.outputs, params=ParamSchema(params))
+
+
+def log_model(
+    model: Any,
+    name: str | None = None,
+    *,
+    registered_model_name: str | None = None,
+    trusted_types: Iterable[str] | None = None,
+    signature: Any = None,
+    input_example: Any = None,
+    pip_requirements: Any = None,
+    extra_pip_requirements: Any = None,
+    metadata: dict[str, Any] | None = None,
+    predict_method: str = "predict",
+    model_format: str | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    model_type: str | None = None,
+    step: int = 0,
+    model_id: str | None = None,
+    await_registration_for: int | None = None,
+    artifact_path: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Log ``model`` to the active run (and optionally register it) with the safe flavor.
+
+    Built on ``mlflow.models.Model.log`` like MLflow's own flavors, so it returns MLflow's
+    ``ModelInfo`` and works with every tracking and registry backend; the keywords are those of
+    :func:`save_model` plus MLflow's usual logging ones.
+    """
+    from mlflow.models import Model
+    from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
+
+    if name is not None and not isinstance(name, str):
+        raise InvalidArgumentError(f"name must be a string, got {type(name).__name__}.")
+    return Model.log(
+        artifact_path=artifact_path,
+        name=name,
+        flavor=_self_module(),
+        registered_model_name=registered_model_name,
+        await_registration_for=DEFAULT_AWAIT_MAX_SLEEP_SECONDS if await_registration_for is None else await_registration_for,
+        metadata=metadata,
+        params=params,
+        tags=tags,
+        model_type=model_type,
+        step=step,
+        model_id=model_id,
+        model=model,
+        trusted_types=trusted_types,
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        predict_method=predict_method,
+        model_format=model_format,
+        **kwargs,
+    )
+
+
+def _self_module() -> Any:
+    import mlflow_safeflavor
+
+    return mlflow_safeflavor
+
+
+# ----------------------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything known about a model directory before any model object is built."""
+
+    root: Path
+    mlmodel: dict[str, Any]
+    record: Record
+    blobs: dict[str, bytes]
+    codec: Codec
+    decision: _policy.TrustDecision
+
+
+def model_root(local_path: str | os.PathLike) -> Path:
+    """The model directory for a local path that is the directory or a file directly inside it."""
+    path = Path(os.path.abspath(os.fspath(local_path)))
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise MalformedArtifactError(f"{path}: no such model directory.", path=str(path))
+    return path
+
+
+def prepare(local_path: str | os.PathLike, *, trusted_types: Iterable[str] | None = None) -> Prepared:
+    """Read, verify and decide on a local model directory; build nothing.
+
+    Raises IntegrityError / MalformedArtifactError on the way; the trust decision is returned (not
+    enforced) so callers such as ``inspect`` can report it.
+    """
+    root = model_root(local_path)
+    mlmodel = read_mlmodel(root)
+    record = parse_record(mlmodel, root=root)
+    blobs = integrity.read_verified(root, record.files)
+    codec = get_codec(record.codec, path=str(root))
+    required = codec.required_types(blobs, record, path=str(root))
+    decision = _policy.decide(required, record.trusted_types, _policy.loading_policy(trusted_types))
+    return Prepared(root, mlmodel, record, blobs, codec, decision)
+
+
+def _load_local(local_path: str | os.PathLike, trusted_types: Iterable[str] | None) -> tuple[Any, Prepared]:
+    prep = prepare(local_path, trusted_types=trusted_types)
+    _policy.enforce(prep.decision, path=str(prep.root))
+    model = prep.codec.load(prep.blobs, prep.record, trusted=list(prep.decision.required), path=str(prep.root))
+    return model, prep
+
+
+def _download(model_uri: str, dst_path: str | None = None) -> str:
+    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+
+    if not isinstance(model_uri, (str, os.PathLike)):
+        raise InvalidArgumentError(f"model_uri must be a string, got {type(model_uri).__name__}.")
+    return _download_artifact_from_uri(artifact_uri=os.fspath(model_uri), output_path=dst_path)
+
+
+def load_model(
+    model_uri: str, *, trusted_types: Iterable[str] | None = None, dst_path: str | None = None
+) -> Any:
+    """Load a safe-flavor model from any MLflow URI and return the native model object.
+
+    Digests are checked before any parsing, then the trust decision (required ⊆ declared ⊆
+    allowed, where allowed is the built-in allowlist plus ``trusted_types`` and
+    ``MLFLOW_SAFEFLAVOR_TRUSTED_TYPES``, minus the hard-deny list). Refusals raise a
+    SafeFlavorError subclass that names the file, the problem and the fix.
+    """
+    model, _ = _load_local(_download(model_uri, dst_path), trusted_types)
+    return model
+
+
+def load_pyfunc(model_uri: str, *, trusted_types: Iterable[str] | None = None, dst_path: str | None = None) -> Any:
+    """Load a safe-flavor model as an ``mlflow.pyfunc.PyFuncModel`` with this package's loader.
+
+    Unlike ``mlflow.pyfunc.load_model`` it never reads or imports the ``loader_module`` written in
+    MLmodel, so it is the way to load a model whose directory you do not trust; signature
+    enforcement and ``params`` work as in MLflow.
+    """
+    from mlflow.models import Model
+    from mlflow.pyfunc import PyFuncModel
+
+    model, prep = _load_local(_download(model_uri, dst_path), trusted_types)
+    try:
+        meta = Model.from_dict(prep.mlmodel)
+    except Exception as exc:
+        raise MalformedArtifactError(
+            f"{prep.root}/MLmodel: MLflow cannot read its metadata ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Re-save the model.",
+            path=str(prep.root),
+        ) from None
+    return PyFuncModel(model_meta=meta, model_impl=SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method))
+
+
+def _load_pyfunc(path: str, model_config: Any = None) -> "SafeFlavorPyfunc":
+    """MLflow's pyfunc entry point (``loader_module: mlflow_safeflavor``); ``path`` is the model dir or a file in it."""
+    model, prep = _load_local(path, None)
+    return SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method)
+
+
+# -------------------------------------------------------------------------------------- pyfunc
+
+
+class SafeFlavorPyfunc:
+    """The pyfunc implementation: ``predict(data, params=None)`` with a choosable predict method."""
+
+    def __init__(self, model: Any, codec: Codec, predict_method: str = "predict") -> None:
+        self.model = model
+        self.codec = codec
+        self.predict_method = predict_method
+
+    def get_raw_model(self) -> Any:
+        """Return the native model object (as MLflow's own pyfunc wrappers do)."""
+        return self.model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Predict with ``params["predict_method"]`` (default: the method recorded at save time)."""
+        method = (params or {}).get("predict_method") or self.predict_method
+        if method not in PREDICT_METHODS:
+            raise InvalidArgumentError(
+                f"predict_method={method!r} is not one of {PREDICT_METHODS}."
+            )
+        if method != "predict" and not hasattr(self.model, method):
+            have = [m for m in PREDICT_METHODS if m == "predict" or hasattr(self.model, m)]
+            raise InvalidArgumentError(
+                f"predict_method={method!r}: {type(self.model).__name__} has no such method; "
+                f"choose one of {have}."
+            )
+        return self.codec.predict(self.model, method, data)

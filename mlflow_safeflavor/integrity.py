@@ -1,0 +1,163 @@
+"""Safe file access under a model root: path checks, size caps, read-once digests.
+
+Every payload byte the loader parses comes from :func:`read_verified`, which opens each file once
+(without following symlinks), refuses anything that is not a plain regular file with a single link,
+hashes the bytes it read and hands back those same bytes — there is no check-then-reopen window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import stat
+from pathlib import Path
+
+from mlflow_safeflavor.errors import IntegrityError, MalformedArtifactError
+
+ENV_MAX_FILE_BYTES = "MLFLOW_SAFEFLAVOR_MAX_FILE_BYTES"
+ENV_MAX_TOTAL_BYTES = "MLFLOW_SAFEFLAVOR_MAX_TOTAL_BYTES"
+DEFAULT_MAX_FILE_BYTES = 4 * 1024**3
+DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3
+MLMODEL_MAX_BYTES = 1024**2
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def sha256_digest(data: bytes) -> str:
+    """Return ``sha256:<hex>`` of ``data``, the form MLmodel records."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _cap(env: str, default: int) -> int:
+    raw = os.environ.get(env)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MalformedArtifactError(f"{env}={raw!r} is not an integer number of bytes.") from None
+    return max(value, 1)
+
+
+def check_relative_name(name: object, *, root: Path) -> str:
+    """Validate a file name taken from MLmodel: relative, forward slashes, no dot segments.
+
+    Raises IntegrityError naming the offending entry; the name is never joined before this passes.
+    """
+    if not isinstance(name, str) or not name:
+        raise IntegrityError(f"{root}/MLmodel lists a file name that is not a string: {name!r}.")
+    segments = name.split("/")
+    if (
+        name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or len(segments) > 4
+        or not all(_SEGMENT.match(s) and s not in (".", "..") for s in segments)
+    ):
+        raise IntegrityError(
+            f"{root}/MLmodel lists the path {name!r}, which is not a plain relative file name "
+            "inside the model directory (absolute paths, '..', backslashes and unusual characters "
+            "are refused). Re-save the model with mlflow_safeflavor.save_model."
+        )
+    return name
+
+
+def _open_regular(root: Path, name: str) -> int:
+    """Open ``root/name`` read-only, refusing symlinks in any segment, links, FIFOs and devices."""
+    current = root
+    for segment in name.split("/")[:-1]:
+        current = current / segment
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{root / name}: missing (the directory {segment!r} does not exist). The model "
+                "directory is incomplete; download or re-save it."
+            ) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise IntegrityError(
+                f"{current}: expected a plain directory, found a symlink or special file; "
+                "model directories must hold only regular files."
+            )
+    path = root / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"{path}: missing. The model directory is incomplete; download or re-save it."
+        ) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise IntegrityError(f"{path}: is a symlink; model files must be regular files.")
+    if not stat.S_ISREG(st.st_mode):
+        raise IntegrityError(
+            f"{path}: is not a regular file (FIFO, device, socket or directory); refused."
+        )
+    if st.st_nlink != 1:
+        raise IntegrityError(
+            f"{path}: has {st.st_nlink} hard links; copy the model directory instead of linking "
+            "its files."
+        )
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise IntegrityError(f"{path}: cannot be opened safely ({exc.strerror}).") from None
+    st2 = os.fstat(fd)
+    if not stat.S_ISREG(st2.st_mode) or (st2.st_ino, st2.st_dev) != (st.st_ino, st.st_dev):
+        os.close(fd)
+        raise IntegrityError(f"{path}: changed while being opened; refused.")
+    return fd
+
+
+def read_file(root: Path, name: str, *, max_bytes: int | None = None) -> bytes:
+    """Read one file under ``root`` safely and return its bytes (size-capped, never follows links)."""
+    check_relative_name(name, root=root)
+    limit = max_bytes if max_bytes is not None else _cap(ENV_MAX_FILE_BYTES, DEFAULT_MAX_FILE_BYTES)
+    fd = _open_regular(root, name)
+    try:
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise IntegrityError(f"{root / name}: read failed ({exc.strerror}).") from None
+    if len(data) > limit:
+        raise IntegrityError(
+            f"{root / name}: larger than the {limit}-byte cap; raise {ENV_MAX_FILE_BYTES} if this "
+            "model is legitimately that large."
+        )
+    return data
+
+
+def read_verified(root: Path, files: dict[str, str]) -> dict[str, bytes]:
+    """Read every file of ``files`` (name -> ``sha256:…``) once, check digests, return the bytes.
+
+    Raises IntegrityError on a missing file, a mismatch, a disallowed file kind or a size cap.
+    """
+    total_cap = _cap(ENV_MAX_TOTAL_BYTES, DEFAULT_MAX_TOTAL_BYTES)
+    total = 0
+    out: dict[str, bytes] = {}
+    for name, expected in files.items():
+        check_relative_name(name, root=root)
+        if not isinstance(expected, str) or not _DIGEST.match(expected):
+            raise MalformedArtifactError(
+                f"{root}/MLmodel: the digest recorded for {name!r} is not 'sha256:<64 hex>'. "
+                "Re-save the model with mlflow_safeflavor.save_model."
+            )
+        data = read_file(root, name)
+        total += len(data)
+        if total > total_cap:
+            raise IntegrityError(
+                f"{root}: model files exceed the {total_cap}-byte total cap; raise "
+                f"{ENV_MAX_TOTAL_BYTES} if this model is legitimately that large."
+            )
+        actual = sha256_digest(data)
+        if not hmac.compare_digest(actual, expected):
+            raise IntegrityError(
+                f"{root / name}: digest mismatch (MLmodel records {expected}, the file hashes to "
+                f"{actual}). The file was changed after saving; do not load it — obtain the "
+                "original model or re-save it."
+            )
+        out[name] = data
+    return out

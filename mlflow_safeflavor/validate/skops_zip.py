@@ -1,0 +1,141 @@
+"""Structural checks of a skops zip before skops reads it.
+
+skops itself decides which *types* a file uses; this module refuses the container tricks around
+that: duplicate or unreferenced members, names skops never writes, object-dtype (pickled) arrays,
+pickles in raw members, zip bombs, schemas nested past a depth cap and unknown protocol values.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from mlflow_safeflavor.errors import MalformedArtifactError
+
+MAX_MEMBERS = 200_000
+MAX_SCHEMA_BYTES = 256 * 1024**2
+MAX_UNCOMPRESSED_BYTES = 8 * 1024**3
+MAX_RATIO = 200
+MAX_DEPTH = 200
+_MEMBER = re.compile(r"^[0-9A-Za-z-]{1,64}\.(npy|npz|bin)$")
+
+
+def _fail(path: str, problem: str) -> MalformedArtifactError:
+    return MalformedArtifactError(
+        f"{path}: model.skops {problem}. It was not written by skops/mlflow-safeflavor or was "
+        "tampered with; do not load it — re-save the model.",
+        path=path,
+    )
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """True if ``head`` starts like a pickle stream of protocol 2 or later (``\\x80 <proto>``)."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _npy_has_objects(buf: bytes) -> bool:
+    fh = io.BytesIO(buf)
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    return dtype.hasobject
+
+
+def _schema_files(schema: Any) -> Iterator[str]:
+    """Yield every ``file`` entry of the schema, iteratively (bounded depth, no recursion)."""
+    stack = [(schema, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError("depth")
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str):
+                yield node["file"]
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def check(data: bytes, *, path: str) -> None:
+    """Raise MalformedArtifactError unless ``data`` is a skops zip with no container tricks."""
+    from skops.io._protocol import PROTOCOL
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        raise _fail(path, "is not a readable zip file") from None
+    if len(infos) > MAX_MEMBERS:
+        raise _fail(path, f"has more than {MAX_MEMBERS} members")
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise _fail(path, "has duplicate member names")
+    total = 0
+    for info in infos:
+        if info.filename != "schema.json" and not _MEMBER.match(info.filename):
+            raise _fail(path, f"has a member skops never writes: {info.filename!r:.80}")
+        if info.flag_bits & 0x1:
+            raise _fail(path, "has an encrypted member")
+        total += info.file_size
+        if total > MAX_UNCOMPRESSED_BYTES or (
+            info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1024**2
+        ):
+            raise _fail(path, "declares sizes that would expand past the cap (zip bomb)")
+    if "schema.json" not in names:
+        raise _fail(path, "has no schema.json")
+    try:
+        raw = zf.read("schema.json")
+        if len(raw) > MAX_SCHEMA_BYTES:
+            raise _fail(path, "has an oversized schema.json")
+        schema = json.loads(raw)
+        referenced = set(_schema_files(schema))
+    except MalformedArtifactError:
+        raise
+    except (ValueError, RecursionError, zipfile.BadZipFile, OSError, EOFError):
+        raise _fail(path, f"has a schema.json that is not valid JSON or nests deeper than {MAX_DEPTH}") from None
+    if not isinstance(schema, dict) or not isinstance(schema.get("protocol"), int) or not (
+        0 <= schema["protocol"] <= PROTOCOL
+    ):
+        raise _fail(path, f"has a protocol value skops {PROTOCOL} would not write")
+    members = set(names) - {"schema.json"}
+    if members - referenced:
+        raise _fail(path, f"has members the schema does not reference: {sorted(members - referenced)[:5]}")
+    if referenced - members:
+        raise _fail(path, "references members that are missing")
+    for name in members:
+        try:
+            _check_member(zf, name)
+        except MalformedArtifactError:
+            raise
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError):
+            raise _fail(path, f"has a corrupt member {name!r}") from None
+
+
+def _check_member(zf: zipfile.ZipFile, name: str) -> None:
+    buf = zf.read(name)
+    if name.endswith(".npy"):
+        if _npy_has_objects(buf):
+            raise MalformedArtifactError(
+                f"model.skops member {name!r} is an object-dtype array, which numpy stores as a "
+                "pickle; refused."
+            )
+    elif name.endswith(".npz"):
+        inner = zipfile.ZipFile(io.BytesIO(buf))
+        if len(inner.infolist()) > 64:
+            raise ValueError("too many arrays")
+        for info in inner.infolist():
+            if info.file_size > MAX_UNCOMPRESSED_BYTES:
+                raise ValueError("too big")
+            if not info.filename.endswith(".npy") or _npy_has_objects(inner.read(info.filename)):
+                raise MalformedArtifactError(
+                    f"model.skops member {name!r} holds a non-numeric or pickled array; refused."
+                )
+    elif looks_like_pickle(buf[:2]):
+        raise MalformedArtifactError(f"model.skops member {name!r} is a pickle stream; refused.")
