@@ -123,7 +123,9 @@ def save_model(
 
             wrapper = SafeFlavorPyfunc(model, codec, predict_method)
             signature = _infer_signature_from_input_example(saved_example, wrapper)
-        if signature:
+        if signature is not False:
+            # Even without an input schema, MLflow only forwards ``params`` that the signature
+            # declares: always declare predict_method.
             mlflow_model.signature = _with_predict_param(signature, predict_method)
         if metadata is not None:
             mlflow_model.metadata = metadata
@@ -168,11 +170,13 @@ def _with_predict_param(signature: Any, predict_method: str) -> Any:
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
+    spec = ParamSpec("predict_method", "string", predict_method)
+    if signature is None:
+        return ModelSignature(inputs=None, outputs=None, params=ParamSchema([spec]))
     params = list(signature.params.params) if signature.params else []
     if any(p.name == "predict_method" for p in params):
         return signature
-    params.append(ParamSpec("predict_method", "string", predict_method))
-    return ModelSignature(inputs=signature.inputs, outputs=signature.outputs, params=ParamSchema(params))
+    return ModelSignature(inputs=signature.inputs, outputs=signature.outputs, params=ParamSchema([*params, spec]))
 
 
 def log_model(

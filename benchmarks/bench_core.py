@@ -1,0 +1,549 @@
+"""Core performance benchmark: mlflow-safeflavor vs MLflow's built-in flavors vs the raw library.
+
+For each model this measures, in one process and with the repetitions of the three contenders
+interleaved (round-robin, rotating order), the median of:
+
+* save time   — ``mlflow_safeflavor.save_model(model, path)`` vs the built-in flavor's
+                ``save_model(model, path)`` vs the raw library call
+                (``skops.io.dump`` / ``model.save_model`` / ``booster.save_model``);
+* load time   — ``mlflow_safeflavor.load_model(path)`` vs ``mlflow.<flavor>.load_model(path)``
+                vs the raw library call (``skops.io.load`` / ``Cls().load_model`` /
+                ``lightgbm.Booster(model_file=...)``);
+* predict     — one row and 10k rows: raw ``model.predict(X)`` vs our pyfunc wrapper alone
+                (``PyFuncModel._model_impl.predict``) vs the full ``PyFuncModel.predict`` (MLflow's
+                schema enforcement included) for ours and for the built-in flavor;
+* artifact size — bytes of the model directory (ours, built-in) and of the raw file.
+
+All contenders are called with default arguments. Two exceptions, both forced: MLflow 3.17's
+``mlflow.sklearn.save_model`` defaults to skops and *raises* for any tree model (skops >= 0.16
+no longer trusts ``sklearn.tree._tree.Tree`` / HGB ``TreePredictor``), so the built-in sklearn
+baseline gets ``skops_trusted_types=<what skops reports>`` — the one argument it needs; and the
+raw ``skops.io.load`` gets the same list (computed once, outside the timer).
+
+The pyfunc predict figures use a second copy of each model saved with ``input_example`` (so the
+MLmodel carries a signature and ``PyFuncModel.predict`` does its usual schema enforcement, as for
+any logged model). Built-in ``save_model`` runs ``infer_pip_requirements`` (a subprocess, 4-10 s),
+so it gets fewer repetitions than the other contenders.
+
+Usage::
+
+    python benchmarks/bench_core.py            # full run (~4-5 min on 2 cores)
+    python benchmarks/bench_core.py --quick    # fewer reps (~1-2 min)
+    python benchmarks/bench_core.py --models rf,xgb --json out.json
+    python benchmarks/bench_core.py --quick --profile   # + cProfile of our save/load per model
+
+Targets (from the performance issue) are judged per model:
+save <= 1.5 x raw save + 50 ms; load <= 1.2 x raw load; pyfunc 1-row predict <= raw + 0.2 ms
+(judged on our wrapper's own overhead; the full PyFuncModel figures are shown next to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+for _name in ("mlflow", "mlflow_safeflavor", "skops"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+N_TRAIN = 5000
+N_FEATURES = 20
+N_BIG = 10_000
+N_TREES = 150
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+def _data(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(n, N_FEATURES)), columns=[f"f{i}" for i in range(N_FEATURES)])
+    X["color"] = np.where(X["f3"] > 0, "red", np.where(X["f4"] > 0, "green", "blue"))
+    X["shape"] = rng.choice(list("abcdefgh"), size=n)
+    y = ((X["f0"] + 0.5 * X["f1"] - X["f2"] + (X["shape"] < "d") + rng.normal(scale=0.5, size=n)) > 0.5)
+    return X, y.astype(int).to_numpy()
+
+
+@dataclass
+class Bench:
+    """One model and how to save/load it with each contender."""
+
+    key: str
+    label: str
+    model: Any
+    X: pd.DataFrame  # columns the model takes
+    library: str  # sklearn | xgboost | lightgbm | catboost
+    builtin: Any  # mlflow flavor module
+    builtin_kwargs: dict[str, Any] = field(default_factory=dict)
+    raw_save: Callable[[Any, str], None] = None  # type: ignore[assignment]
+    raw_load: Callable[[str], Any] = None  # type: ignore[assignment]
+    raw_file: str = "model"
+    raw_desc: str = ""
+
+
+def _numeric(X: pd.DataFrame) -> pd.DataFrame:
+    return X[[f"f{i}" for i in range(N_FEATURES)]]
+
+
+def build_models(wanted: set[str] | None) -> list[Bench]:
+    import catboost as cb
+    import lightgbm as lgb
+    import mlflow.catboost
+    import mlflow.lightgbm
+    import mlflow.sklearn
+    import mlflow.xgboost
+    import skops.io as sio
+    import xgboost as xgb
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    X, y = _data(N_TRAIN, seed=0)
+    Xn = _numeric(X)
+    num = list(Xn.columns)
+
+    def skops_bench(key: str, label: str, model: Any, Xfit: pd.DataFrame) -> Bench:
+        trusted = sio.get_untrusted_types(data=sio.dumps(model))
+        return Bench(
+            key, label, model, Xfit, "sklearn", mlflow.sklearn,
+            builtin_kwargs={"skops_trusted_types": trusted} if trusted else {},
+            raw_save=lambda m, p: sio.dump(m, p),
+            raw_load=lambda p, t=trusted: sio.load(p, trusted=t),
+            raw_file="model.skops",
+            raw_desc="skops.io.dump / skops.io.load(trusted=<precomputed>)",
+        )
+
+    makers: dict[str, Callable[[], Bench]] = {}
+
+    def rf() -> Bench:
+        # Trained on both cores, then reset to the default n_jobs so predict is the default path.
+        m = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=0).fit(Xn, y)
+        m.n_jobs = None
+        return skops_bench("rf", "sklearn RandomForestClassifier (100 trees)", m, Xn)
+
+    def hgb() -> Bench:
+        m = HistGradientBoostingClassifier(max_iter=N_TREES, early_stopping=False, random_state=0).fit(Xn, y)
+        return skops_bench("hgb", f"sklearn HistGradientBoostingClassifier ({N_TREES} iters)", m, Xn)
+
+    def xgbm() -> Bench:
+        m = xgb.XGBClassifier(n_estimators=N_TREES, random_state=0).fit(Xn, y)
+
+        def load(p: str) -> Any:
+            out = xgb.XGBClassifier()
+            out.load_model(p)
+            return out
+
+        return Bench(
+            "xgb", f"XGBClassifier ({N_TREES} trees)", m, Xn, "xgboost", mlflow.xgboost,
+            raw_save=lambda m, p: m.save_model(p), raw_load=load, raw_file="model.ubj",
+            raw_desc="XGBClassifier.save_model(.ubj) / XGBClassifier().load_model",
+        )
+
+    def lgbm() -> Bench:
+        m = lgb.LGBMClassifier(n_estimators=N_TREES, verbose=-1, random_state=0).fit(Xn, y)
+        return Bench(
+            "lgbm", f"LGBMClassifier ({N_TREES} trees)", m, Xn, "lightgbm", mlflow.lightgbm,
+            raw_save=lambda m, p: m.booster_.save_model(p),
+            raw_load=lambda p: lgb.Booster(model_file=p),
+            raw_file="model.txt",
+            raw_desc="booster_.save_model / lightgbm.Booster(model_file=)",
+        )
+
+    def cbm() -> Bench:
+        m = cb.CatBoostClassifier(iterations=N_TREES, verbose=0, allow_writing_files=False, random_seed=0).fit(Xn, y)
+
+        def load(p: str) -> Any:
+            out = cb.CatBoostClassifier()
+            out.load_model(p)
+            return out
+
+        return Bench(
+            "cb", f"CatBoostClassifier ({N_TREES} iters)", m, Xn, "catboost", mlflow.catboost,
+            raw_save=lambda m, p: m.save_model(p), raw_load=load, raw_file="model.cbm",
+            raw_desc="save_model(.cbm) / CatBoostClassifier().load_model",
+        )
+
+    def pipe_lr() -> Bench:
+        ct = ColumnTransformer([("num", StandardScaler(), num), ("cat", OneHotEncoder(handle_unknown="ignore"), ["color", "shape"])])
+        m = Pipeline([("ct", ct), ("lr", LogisticRegression(max_iter=1000))]).fit(X, y)
+        return skops_bench("pipe_lr", "Pipeline(ColumnTransformer + LogisticRegression)", m, X)
+
+    def pipe_xgb() -> Bench:
+        ct = ColumnTransformer([("num", StandardScaler(), num), ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["color", "shape"])])
+        m = Pipeline([("ct", ct), ("xgb", xgb.XGBClassifier(n_estimators=N_TREES, random_state=0))]).fit(X, y)
+        return skops_bench("pipe_xgb", f"Pipeline(ColumnTransformer + XGBClassifier {N_TREES} trees)", m, X)
+
+    makers.update(rf=rf, hgb=hgb, xgb=xgbm, lgbm=lgbm, cb=cbm, pipe_lr=pipe_lr, pipe_xgb=pipe_xgb)
+    unknown = (wanted or set()) - set(makers)
+    if unknown:
+        raise SystemExit(f"unknown --models {sorted(unknown)}; choose from {sorted(makers)}")
+    return [make() for key, make in makers.items() if wanted is None or key in wanted]
+
+
+# ------------------------------------------------------------------------------------- timing
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], reps: dict[str, int], *, collect: bool = True
+) -> dict[str, list[float]]:
+    """Run each fn ``reps[name]`` times, round-robin with rotating order; return seconds per call."""
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(max(reps.values())):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            if r >= reps[name]:
+                continue
+            if collect:
+                gc.collect()
+            t0 = time.perf_counter()
+            fns[name]()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def dir_bytes(path: str | Path) -> int:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+class Paths:
+    """Fresh, never-existing paths under one work directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.n = 0
+
+    def new(self, stem: str) -> str:
+        self.n += 1
+        return str(self.root / f"{stem}-{self.n}")
+
+
+# ------------------------------------------------------------------------------------- benchmark
+
+
+def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
+    import mlflow.pyfunc
+    import mlflow_safeflavor as sf
+
+    res: dict[str, Any] = {"key": b.key, "label": b.label, "raw_desc": b.raw_desc}
+    X1 = b.X.iloc[:1]
+    Xbig = b.X.columns.to_list()
+    Xbig = _data(N_BIG, seed=1)[0][Xbig]
+    example = b.X.iloc[:5]
+
+    # Warm-up (untimed): first calls import codecs/flavors. These copies carry input_example, so
+    # their MLmodel has a signature: they are the ones the pyfunc predict figures use. The
+    # built-in copy gets pip_requirements to skip the 4-10 s inference (not timed anyway).
+    ours_ex, builtin_ex = paths.new(f"{b.key}-ours-ex"), paths.new(f"{b.key}-builtin-ex")
+    sf.save_model(b.model, ours_ex, input_example=example)
+    b.builtin.save_model(b.model, builtin_ex, input_example=example, pip_requirements=["mlflow"], **b.builtin_kwargs)
+    raw_warm = os.path.join(paths.new(f"{b.key}-raw-warm"), b.raw_file)
+    os.makedirs(os.path.dirname(raw_warm))
+    b.raw_save(b.model, raw_warm)
+    sf.load_model(ours_ex), b.builtin.load_model(builtin_ex), b.raw_load(raw_warm)
+
+    # ---- save
+    saved: dict[str, list[str]] = {"ours": [], "builtin": [], "raw": []}
+
+    def save_ours() -> None:
+        p = paths.new(f"{b.key}-ours")
+        saved["ours"].append(p)
+        sf.save_model(b.model, p)
+
+    def save_builtin() -> None:
+        p = paths.new(f"{b.key}-builtin")
+        saved["builtin"].append(p)
+        b.builtin.save_model(b.model, p, **b.builtin_kwargs)
+
+    def save_raw() -> None:
+        d = paths.new(f"{b.key}-raw")
+        os.mkdir(d)
+        p = os.path.join(d, b.raw_file)
+        saved["raw"].append(p)
+        b.raw_save(b.model, p)
+
+    t = interleaved(
+        {"ours": save_ours, "builtin": save_builtin, "raw": save_raw},
+        {"ours": cfg.save_reps, "builtin": cfg.builtin_save_reps, "raw": cfg.save_reps},
+    )
+    res["save"] = {k: med(v) for k, v in t.items()}
+    res["save_n"] = {k: len(v) for k, v in t.items()}
+    ours_dir, builtin_dir, raw_path = saved["ours"][-1], saved["builtin"][-1], saved["raw"][-1]
+
+    # ---- size
+    from mlflow_safeflavor.record import parse_record, read_mlmodel
+
+    record = parse_record(read_mlmodel(Path(ours_dir)), root=Path(ours_dir))
+    res["size"] = {
+        "ours_dir": dir_bytes(ours_dir),
+        "ours_payload": sum(dir_bytes(os.path.join(ours_dir, f)) for f in record.files),
+        "builtin_dir": dir_bytes(builtin_dir),
+        "raw": dir_bytes(raw_path),
+    }
+
+    # ---- load (native object) and pyfunc load
+    t = interleaved(
+        {
+            "ours": lambda: sf.load_model(ours_dir),
+            "builtin": lambda: b.builtin.load_model(builtin_dir),
+            "raw": lambda: b.raw_load(raw_path),
+            "ours_pyfunc": lambda: mlflow.pyfunc.load_model(ours_dir),
+            "builtin_pyfunc": lambda: mlflow.pyfunc.load_model(builtin_dir),
+        },
+        {"ours": cfg.load_reps, "builtin": cfg.load_reps, "raw": cfg.load_reps,
+         "ours_pyfunc": cfg.load_reps, "builtin_pyfunc": cfg.load_reps},
+    )
+    res["load"] = {k: med(v) for k, v in t.items()}
+
+    # ---- predict
+    pf_ours = mlflow.pyfunc.load_model(ours_ex)
+    pf_builtin = mlflow.pyfunc.load_model(builtin_ex)
+    impl = pf_ours._model_impl
+    raw_model = pf_ours.get_raw_model()
+    assert isinstance(impl, sf.SafeFlavorPyfunc), type(impl)
+
+    # Sanity: same predictions everywhere (a benchmark of wrong answers is worthless).
+    expect = np.asarray(b.model.predict(Xbig))
+    checks = {
+        "ours_pyfunc": np.asarray(pf_ours.predict(Xbig)),
+        "builtin_pyfunc": np.asarray(pf_builtin.predict(Xbig)),
+        "ours_load_model": np.asarray(sf.load_model(ours_dir).predict(Xbig)),
+    }
+    res["mismatch"] = [k for k, v in checks.items() if v.shape != expect.shape or not np.array_equal(v.ravel(), expect.ravel())]
+
+    t = interleaved(
+        {
+            "raw": lambda: raw_model.predict(X1),
+            "wrapper": lambda: impl.predict(X1),
+            "ours_pyfunc": lambda: pf_ours.predict(X1),
+            "builtin_pyfunc": lambda: pf_builtin.predict(X1),
+        },
+        {k: cfg.predict1_reps for k in ("raw", "wrapper", "ours_pyfunc", "builtin_pyfunc")},
+        collect=False,
+    )
+    res["predict1"] = {k: med(v) for k, v in t.items()}
+    # Paired estimate of the wrapper's overhead: median of per-round (wrapper - raw) differences.
+    res["predict1"]["wrapper_overhead_paired"] = med([w - r for w, r in zip(t["wrapper"], t["raw"])])
+
+    t = interleaved(
+        {
+            "raw": lambda: raw_model.predict(Xbig),
+            "ours_pyfunc": lambda: pf_ours.predict(Xbig),
+            "builtin_pyfunc": lambda: pf_builtin.predict(Xbig),
+        },
+        {k: cfg.predict_big_reps for k in ("raw", "ours_pyfunc", "builtin_pyfunc")},
+    )
+    res["predict_big"] = {k: med(v) for k, v in t.items()}
+
+    s, l, p1 = res["save"], res["load"], res["predict1"]
+    overhead = p1["wrapper"] - p1["raw"]
+    res["targets"] = {
+        "save": s["ours"] <= 1.5 * s["raw"] + 0.050,
+        "load": l["ours"] <= 1.2 * l["raw"],
+        "predict1": overhead <= 0.0002 and p1["wrapper_overhead_paired"] <= 0.0002,
+    }
+
+    if cfg.profile:
+        res["profile"] = profile_ours(b, paths, ours_dir)
+    for p in saved["ours"][:-1] + saved["builtin"][:-1]:
+        shutil.rmtree(p, ignore_errors=True)
+    return res
+
+
+def profile_ours(b: Bench, paths: Paths, ours_dir: str, top: int = 18) -> str:
+    """cProfile of our save and load (cumulative time, top entries) for a quick look at where time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    import mlflow_safeflavor as sf
+
+    out = io.StringIO()
+    for what, fn in (
+        ("save_model", lambda: [sf.save_model(b.model, paths.new(f"{b.key}-prof")) for _ in range(3)]),
+        ("load_model", lambda: [sf.load_model(ours_dir) for _ in range(5)]),
+    ):
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        out.write(f"\n### {b.key}: {what} (3 saves / 5 loads)\n")
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def ms(x: float) -> str:
+    v = x * 1e3
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
+
+
+def us(x: float) -> str:
+    return f"{x * 1e6:.0f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b > 0 else "n/a"
+
+
+def kib(n: int) -> str:
+    return f"{n / 1024:.1f}"
+
+
+def ok(flag: bool) -> str:
+    return "pass" if flag else "**FAIL**"
+
+
+def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
+    lines: list[str] = []
+    w = lines.append
+
+    w("### Save and load (median ms; ratios are ours ÷ other)\n")
+    w("| model | save ours | save builtin | ×builtin | save raw | ×raw | save ≤ 1.5×raw+50ms | "
+      "load ours | load builtin | ×builtin | load raw | ×raw | load ≤ 1.2×raw |")
+    w("|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|:---:|")
+    for r in results:
+        s, l, t = r["save"], r["load"], r["targets"]
+        w(f"| {r['key']} | {ms(s['ours'])} | {ms(s['builtin'])} | {ratio(s['ours'], s['builtin'])} | "
+          f"{ms(s['raw'])} | {ratio(s['ours'], s['raw'])} | {ok(t['save'])} | "
+          f"{ms(l['ours'])} | {ms(l['builtin'])} | {ratio(l['ours'], l['builtin'])} | "
+          f"{ms(l['raw'])} | {ratio(l['ours'], l['raw'])} | {ok(t['load'])} |")
+
+    w("\n### Predict (1 row: median µs; 10k rows: median ms)\n")
+    w("| model | 1-row raw | 1-row our wrapper | wrapper overhead | ≤ raw+0.2ms | 1-row PyFuncModel ours | "
+      "1-row PyFuncModel builtin | ours ÷ builtin | 10k raw | 10k PyFuncModel ours (×raw) | "
+      "10k PyFuncModel builtin (×raw) |")
+    w("|---|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        p, q = r["predict1"], r["predict_big"]
+        w(f"| {r['key']} | {us(p['raw'])} | {us(p['wrapper'])} | "
+          f"{(p['wrapper'] - p['raw']) * 1e6:+.0f} (paired {p['wrapper_overhead_paired'] * 1e6:+.0f}) | "
+          f"{ok(r['targets']['predict1'])} | {us(p['ours_pyfunc'])} | {us(p['builtin_pyfunc'])} | "
+          f"{ratio(p['ours_pyfunc'], p['builtin_pyfunc'])} | {ms(q['raw'])} | "
+          f"{ms(q['ours_pyfunc'])} ({ratio(q['ours_pyfunc'], q['raw'])}) | "
+          f"{ms(q['builtin_pyfunc'])} ({ratio(q['builtin_pyfunc'], q['raw'])}) |")
+
+    w("\n### Artifact size (KiB) and pyfunc load (median ms)\n")
+    w("| model | ours dir | ours payload | builtin dir | ours ÷ builtin | raw file | ours dir ÷ raw | "
+      "payload ÷ raw | pyfunc load ours | pyfunc load builtin | ×builtin |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        z, l = r["size"], r["load"]
+        w(f"| {r['key']} | {kib(z['ours_dir'])} | {kib(z['ours_payload'])} | {kib(z['builtin_dir'])} | "
+          f"{ratio(z['ours_dir'], z['builtin_dir'])} | {kib(z['raw'])} | {ratio(z['ours_dir'], z['raw'])} | "
+          f"{ratio(z['ours_payload'], z['raw'])} | {ms(l['ours_pyfunc'])} | {ms(l['builtin_pyfunc'])} | "
+          f"{ratio(l['ours_pyfunc'], l['builtin_pyfunc'])} |")
+
+    w("\nModels:")
+    for r in results:
+        w(f"- `{r['key']}`: {r['label']}; raw = {r['raw_desc']}")
+    bad = [(r["key"], r["mismatch"]) for r in results if r["mismatch"]]
+    w("\nPrediction cross-check (ours / builtin / raw on 10k rows): "
+      + ("all identical." if not bad else f"MISMATCH in {bad}"))
+    w(f"\nReps: save {cfg.save_reps} (builtin save {cfg.builtin_save_reps}), load {cfg.load_reps}, "
+      f"1-row predict {cfg.predict1_reps}, 10k-row predict {cfg.predict_big_reps}; medians, interleaved.")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import catboost
+    import lightgbm
+    import mlflow
+    import skops
+    import sklearn
+    import xgboost
+
+    import mlflow_safeflavor
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{cores} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}; "
+        f"mlflow {mlflow.__version__}, mlflow-safeflavor {mlflow_safeflavor.__version__}, "
+        f"scikit-learn {sklearn.__version__}, skops {skops.__version__}, xgboost {xgboost.__version__}, "
+        f"lightgbm {lightgbm.__version__}, catboost {catboost.__version__}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    ap.add_argument("--models", help="comma-separated subset: rf,hgb,xgb,lgbm,cb,pipe_lr,pipe_xgb")
+    ap.add_argument("--json", help="also write raw results to this JSON file")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of our save/load per model")
+    ap.add_argument("--workdir", help="where to write models (default: a temp dir, removed at exit)")
+    cfg = ap.parse_args(argv)
+    if cfg.quick:
+        cfg.save_reps, cfg.builtin_save_reps, cfg.load_reps, cfg.predict1_reps, cfg.predict_big_reps = 3, 1, 3, 50, 3
+    else:
+        cfg.save_reps, cfg.builtin_save_reps, cfg.load_reps, cfg.predict1_reps, cfg.predict_big_reps = 7, 3, 7, 300, 11
+
+    started = time.perf_counter()
+    print(f"# mlflow-safeflavor core benchmark{' (quick)' if cfg.quick else ''}\n", flush=True)
+    print(f"Machine: {machine()}\n", flush=True)
+    wanted = set(cfg.models.split(",")) if cfg.models else None
+    t0 = time.perf_counter()
+    benches = build_models(wanted)
+    print(f"(trained {len(benches)} models in {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+
+    root = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="safeflavor-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    paths = Paths(root)
+    results = []
+    try:
+        for b in benches:
+            t0 = time.perf_counter()
+            results.append(run_one(b, paths, cfg))
+            print(f"({b.key}: {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+    finally:
+        if not cfg.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(report(results, cfg))
+    print(f"\nTotal wall time: {time.perf_counter() - started:.0f} s")
+    if cfg.profile:
+        for r in results:
+            print(r.get("profile", ""))
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(
+            {"machine": machine(), "results": [{k: v for k, v in r.items() if k != "profile"} for r in results]},
+            indent=1, default=str,
+        ))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""Fixtures for the integration tests: a real MLflow tracking server and registered zoo models.
+
+The server is started once per session as a separate process group::
+
+    python -m mlflow server --backend-store-uri sqlite:///<tmp>/mlflow.db
+        --serve-artifacts --artifacts-destination <tmp>/artifacts
+        --host 127.0.0.1 --port <free port> --workers 1
+
+so every artifact upload and download goes through the server's ``mlflow-artifacts:/`` proxy,
+as it does for a shared team server. Nothing is mocked.
+
+Environment knobs:
+    SAFEFLAVOR_IT_SERVER_TIMEOUT  seconds to wait for ``/health`` (default 120)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
+if str(_TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(_TESTS_DIR))
+warnings.filterwarnings("ignore", category=UserWarning, module="xgboost")
+
+import zoo  # noqa: E402
+
+# One model per library, each from the shared zoo: (factory key, case name).
+SELECTED_CASES: dict[str, tuple[str, str]] = {
+    "sklearn_pipeline": ("sklearn", "sk_pipeline_ct_lr"),  # ColumnTransformer + LR, string labels, pandas
+    "xgboost": ("xgboost", "xgb_clf"),
+    "lightgbm": ("lightgbm", "lgb_clf"),
+    "catboost": ("catboost", "cb_clf_cat"),  # categorical "color" column
+    "pipeline_xgboost": ("pipelines", "pipe_ct_xgb"),  # Pipeline with an XGBClassifier step
+}
+
+SERVER_TIMEOUT = float(os.environ.get("SAFEFLAVOR_IT_SERVER_TIMEOUT", "120"))
+
+
+# ------------------------------------------------------------------------------------ server
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    root: Path
+    artifacts: Path
+    log: Path
+    proc: subprocess.Popen
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "<no server log>"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the server's whole process group (uvicorn workers included), then kill it."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> MlflowServer:
+    """A real MLflow tracking server + model registry with proxied artifact storage."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    artifacts = root / "artifacts"
+    artifacts.mkdir()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = root / "server.log"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "wb") as log_fh:
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=log_fh, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    server = MlflowServer(url=url, root=root, artifacts=artifacts, log=log, proc=proc)
+    try:
+        deadline = time.monotonic() + SERVER_TIMEOUT
+        while not _healthy(url):
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {SERVER_TIMEOUT:.0f}s:\n{server.log_tail()}")
+            time.sleep(0.25)
+        yield server
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(mlflow_server) -> str:
+    """Point this process's MLflow client at the server; restore the previous setting after."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(mlflow_server.url)
+    mlflow.set_experiment("safeflavor-integration")
+    try:
+        yield mlflow_server.url
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+@pytest.fixture(autouse=True)
+def _clean_policy_env(monkeypatch):
+    """No operator additions to the trust policy unless a test sets them."""
+    monkeypatch.delenv("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", raising=False)
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+@pytest.fixture(scope="session")
+def zoo_cases() -> dict[str, zoo.Case]:
+    """The selected zoo cases, trained once, keyed by the ids in SELECTED_CASES."""
+    by_factory: dict[str, dict[str, zoo.Case]] = {}
+    out = {}
+    for key, (factory, case_name) in SELECTED_CASES.items():
+        if factory not in by_factory:
+            by_factory[factory] = {c.name: c for c in zoo.FACTORIES[factory]()}
+        out[key] = by_factory[factory][case_name]
+    return out
+
+
+@dataclass
+class Registered:
+    key: str
+    case: zoo.Case
+    name: str  # registered model name
+    info: Any  # mlflow.models.model.ModelInfo
+    run_id: str
+
+    @property
+    def registry_uri(self) -> str:
+        return f"models:/{self.name}/1"
+
+
+@dataclass
+class Registry:
+    """Logs and registers each selected model at most once per session, on first request."""
+
+    cases: dict[str, zoo.Case]
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    done: dict[str, Registered] = field(default_factory=dict)
+
+    def get(self, key: str) -> Registered:
+        if key not in self.done:
+            import mlflow
+
+            import mlflow_safeflavor
+
+            case = self.cases[key]
+            name = f"safeflavor-it-{key.replace('_', '-')}-{self.suffix}"
+            with mlflow.start_run(run_name=f"it-{key}") as run:
+                info = mlflow_safeflavor.log_model(
+                    case.model, name="model", input_example=case.X[:5], registered_model_name=name
+                )
+            self.done[key] = Registered(key, case, name, info, run.info.run_id)
+        return self.done[key]
+
+
+@pytest.fixture(scope="session")
+def registry(tracking_uri, zoo_cases) -> Registry:
+    return Registry(zoo_cases)
