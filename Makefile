@@ -1,0 +1,37 @@
+# Two entry points on a fresh machine with only Python: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: venv demo test unit integration bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+## demo: install the package with all extras and run the end-to-end demo on a local sqlite store
+demo: $(BIN)/python
+	$(PIP) install --quiet -e ".[all]"
+	$(BIN)/mlflow-safeflavor demo --dir demo-mlruns
+
+## test: install dev dependencies and run unit and integration tests
+test: $(BIN)/python
+	$(PIP) install --quiet -e ".[dev]"
+	$(BIN)/python -m pytest tests integration
+
+unit: $(BIN)/python
+	$(BIN)/python -m pytest tests
+
+integration: $(BIN)/python
+	$(BIN)/python -m pytest integration
+
+## bench: print the save/load/predict comparison table (not a test)
+bench: $(BIN)/python
+	$(PIP) install --quiet -e ".[all]"
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) demo-mlruns build dist *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,148 @@
+"""A non-raising look at a model directory: what the loader would check and decide.
+
+``inspect_model`` runs the same steps as loading up to (not including) building the model, and
+records each outcome instead of stopping at the first failure, so a person can see everything
+that is wrong at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow_safeflavor import integrity, policy
+from mlflow_safeflavor.codecs import get_codec
+from mlflow_safeflavor.errors import SafeFlavorError
+from mlflow_safeflavor.record import FLAVOR_NAME, parse_record, read_mlmodel
+
+
+@dataclass
+class FileStatus:
+    """One payload file: recorded digest, actual digest and a status word."""
+
+    name: str
+    recorded: str
+    actual: str | None
+    status: str  # ok | mismatch | refused
+    problem: str | None = None
+
+
+@dataclass
+class Inspection:
+    """What ``inspect_model`` found; ``would_load`` is the local policy's verdict."""
+
+    root: str
+    flavors: list[str] = field(default_factory=list)
+    loader_module: str | None = None
+    codec: str | None = None
+    model_class: str | None = None
+    library_versions: dict[str, str] = field(default_factory=dict)
+    predict_method: str | None = None
+    files: list[FileStatus] = field(default_factory=list)
+    declared: list[str] = field(default_factory=list)
+    required: list[str] | None = None
+    decision: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def would_load(self) -> bool:
+        """True when every check passed and the trust decision allows the model."""
+        return not self.errors and self.decision is not None and self.decision.startswith("allowed")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {**asdict(self), "would_load": self.would_load}
+
+
+def inspect_local(path: str | Path, *, trusted_types: Iterable[str] | None = None) -> Inspection:
+    """Inspect a local model directory; never raises for problems in the artifact."""
+    root = Path(path).resolve()
+    report = Inspection(root=str(root))
+    try:
+        doc = read_mlmodel(root)
+    except SafeFlavorError as exc:
+        report.errors.append(exc.message)
+        return report
+    flavors = doc.get("flavors") if isinstance(doc.get("flavors"), dict) else {}
+    report.flavors = sorted(str(k) for k in flavors)
+    pyfunc = flavors.get("python_function")
+    report.loader_module = pyfunc.get("loader_module") if isinstance(pyfunc, dict) else None
+    try:
+        record = parse_record(doc, root=root)
+    except SafeFlavorError as exc:
+        report.errors.append(exc.message)
+        return report
+    report.codec, report.model_class = record.codec, record.model_class
+    report.library_versions, report.predict_method = record.library_versions, record.predict_method
+    report.declared = list(record.trusted_types)
+    blobs: dict[str, bytes] = {}
+    for name, recorded in record.files.items():
+        try:
+            data = integrity.read_file(root, name)
+        except SafeFlavorError as exc:
+            report.files.append(FileStatus(name, str(recorded), None, "refused", exc.message))
+            report.errors.append(exc.message)
+            continue
+        actual = integrity.sha256_digest(data)
+        if isinstance(recorded, str) and hmac.compare_digest(actual, recorded):
+            report.files.append(FileStatus(name, recorded, actual, "ok"))
+            blobs[name] = data
+        else:
+            report.files.append(FileStatus(name, str(recorded), actual, "mismatch"))
+            report.errors.append(f"{root / name}: digest mismatch")
+    if report.errors:
+        return report
+    try:
+        codec = get_codec(record.codec, path=str(root))
+        required = codec.required_types(blobs, record, path=str(root))
+    except SafeFlavorError as exc:
+        report.errors.append(exc.message)
+        return report
+    report.required = sorted(required)
+    decision = policy.decide(required, record.trusted_types, policy.loading_policy(trusted_types))
+    report.decision = decision.explain()
+    return report
+
+
+def inspect_model(model_uri: str, *, trusted_types: Iterable[str] | None = None, dst_path: str | None = None) -> Inspection:
+    """Download ``model_uri`` (any MLflow URI) and inspect it without building the model.
+
+    Returns an :class:`Inspection` listing flavors, codec, file digests, the declared and required
+    trust lists and what this process's policy would decide; artifact problems are recorded in
+    ``errors`` rather than raised.
+    """
+    from mlflow_safeflavor.flavor import _download
+
+    return inspect_local(_download(model_uri, dst_path), trusted_types=trusted_types)
+
+
+def format_inspection(report: Inspection) -> str:
+    """Render an inspection as the plain-text report the CLI prints."""
+    lines = [f"model:          {report.root}"]
+    lines.append(f"flavors:        {', '.join(report.flavors) or '-'}")
+    lines.append(f"loader_module:  {report.loader_module or '-'}")
+    if report.codec:
+        lines.append(f"codec:          {report.codec} ({report.model_class})")
+        lines.append(
+            "libraries:      " + ", ".join(f"{k} {v}" for k, v in sorted(report.library_versions.items()))
+        )
+        lines.append(f"predict_method: {report.predict_method}")
+    if report.files:
+        lines.append("files:")
+        for f in report.files:
+            lines.append(f"  [{f.status:8}] {f.name}  {f.recorded}")
+            if f.status == "mismatch":
+                lines.append(f"             actual {f.actual}")
+    lines.append(f"declared trust: {', '.join(report.declared) or '(nothing beyond skops defaults)'}")
+    if report.required is not None:
+        lines.append(f"payload needs:  {', '.join(report.required) or '(nothing beyond skops defaults)'}")
+    if report.decision:
+        lines.append(f"local policy:   {report.decision}")
+    for err in report.errors:
+        lines.append(f"ERROR: {err}")
+    lines.append(f"verdict:        {'would load' if report.would_load else 'REFUSED'}")
+    if FLAVOR_NAME not in report.flavors and not report.errors:
+        lines.append("note: not a safe-flavor model")
+    return "\n".join(lines)
