@@ -100,9 +100,25 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def _server_env() -> dict[str, str]:
+    """The server's environment: ours minus client-side MLFLOW_* settings.
+
+    MLflow's background job runner (huey consumers for GenAI scorer jobs) is switched off unless
+    SAFEFLAVOR_IT_SERVER_JOBS=1: tracking, the registry and artifact proxying do not use it, and
+    its half-dozen extra processes double start-up and shutdown time on small CI machines.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    if os.environ.get("SAFEFLAVOR_IT_SERVER_JOBS") != "1":
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    return env
+
+
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> MlflowServer:
-    """A real MLflow tracking server + model registry with proxied artifact storage."""
+def _server_process(tmp_path_factory) -> MlflowServer:
+    """Start the server (without waiting for it); stop its whole process group at session end.
+
+    Split from :func:`mlflow_server` so that model training can overlap the server's start-up.
+    """
     root = tmp_path_factory.mktemp("mlflow-server")
     artifacts = root / "artifacts"
     artifacts.mkdir()
@@ -118,24 +134,29 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
         "--port", str(port),
         "--workers", "1",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     with open(log, "wb") as log_fh:
         proc = subprocess.Popen(
-            cmd, cwd=root, env=env, stdout=log_fh, stderr=subprocess.STDOUT,
+            cmd, cwd=root, env=_server_env(), stdout=log_fh, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-    server = MlflowServer(url=url, root=root, artifacts=artifacts, log=log, proc=proc)
     try:
-        deadline = time.monotonic() + SERVER_TIMEOUT
-        while not _healthy(url):
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{server.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_TIMEOUT:.0f}s:\n{server.log_tail()}")
-            time.sleep(0.25)
-        yield server
+        yield MlflowServer(url=url, root=root, artifacts=artifacts, log=log, proc=proc)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(_server_process) -> MlflowServer:
+    """A real MLflow tracking server + model registry with proxied artifact storage, healthy."""
+    server = _server_process
+    deadline = time.monotonic() + SERVER_TIMEOUT
+    while not _healthy(server.url):
+        if server.proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {server.proc.returncode}:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"mlflow server not healthy after {SERVER_TIMEOUT:.0f}s:\n{server.log_tail()}")
+        time.sleep(0.25)
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -217,5 +238,6 @@ class Registry:
 
 
 @pytest.fixture(scope="session")
-def registry(tracking_uri, zoo_cases) -> Registry:
+def registry(_server_process, zoo_cases, tracking_uri) -> Registry:
+    """Lazily registered models; the zoo trains while the server (started first) boots."""
     return Registry(zoo_cases)

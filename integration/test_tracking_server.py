@@ -156,8 +156,10 @@ def registered(request, registry):
 # ------------------------------------------------------------------ 1. log, register, load back
 
 
-@pytest.mark.parametrize("registered", KEYS, indirect=True)
-def test_log_register_and_load_back_through_server(registered, mlflow_server):
+@pytest.mark.parametrize("key", KEYS)
+def test_log_register_and_load_back_through_server(registry, key, mlflow_server):
+    # Logs inside mlflow.start_run() and registers as version 1 (see conftest.Registry.get).
+    registered = registry.get(key)
     info, case = registered.info, registered.case
 
     # Registered as version 1, artifacts stored through the server's proxy.
