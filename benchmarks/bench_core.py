@@ -361,12 +361,15 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
     )
     res["predict_big"] = {k: med(v) for k, v in t.items()}
 
+    res["predict1"]["wrapper_fixed_cost"] = wrapper_fixed_cost(impl, X1)
+
     s, l, p1 = res["save"], res["load"], res["predict1"]
-    overhead = p1["wrapper"] - p1["raw"]
     res["targets"] = {
         "save": s["ours"] <= 1.5 * s["raw"] + 0.050,
         "load": l["ours"] <= 1.2 * l["raw"],
-        "predict1": overhead <= 0.0002 and p1["wrapper_overhead_paired"] <= 0.0002,
+        # Judged on the paired estimate: a difference of two medians of ~ms calls on a shared
+        # machine is noisier than the 0.2 ms budget itself.
+        "predict1": p1["wrapper_overhead_paired"] <= 0.0002,
     }
 
     if cfg.profile:
@@ -374,6 +377,29 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
     for p in saved["ours"][:-1] + saved["builtin"][:-1]:
         shutil.rmtree(p, ignore_errors=True)
     return res
+
+
+class _Stub:
+    """A model whose predict costs (almost) nothing, to time the wrapper's own code path alone."""
+
+    def predict(self, data: Any) -> Any:
+        return data
+
+
+def wrapper_fixed_cost(impl: Any, X1: Any, batch: int = 2000, samples: int = 15) -> float:
+    """Seconds per call our wrapper + codec add around ``model.predict`` (real codec, stub model)."""
+    import mlflow_safeflavor as sf
+
+    stub = _Stub()
+    wrapped = sf.SafeFlavorPyfunc(stub, impl.codec, "predict")
+    per: dict[str, list[float]] = {"wrapped": [], "bare": []}
+    for _ in range(samples):
+        for name, fn in (("wrapped", wrapped.predict), ("bare", stub.predict)):
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                fn(X1)
+            per[name].append((time.perf_counter() - t0) / batch)
+    return med(per["wrapped"]) - med(per["bare"])
 
 
 def profile_ours(b: Bench, paths: Paths, ours_dir: str, top: int = 18) -> str:
@@ -411,7 +437,10 @@ def us(x: float) -> str:
 
 
 def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}×" if b > 0 else "n/a"
+    if b <= 0:
+        return "n/a"
+    r = a / b
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.3f}×" if r >= 0.001 else f"1/{b / a:.0f}"
 
 
 def kib(n: int) -> str:
@@ -438,14 +467,15 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
           f"{ms(l['raw'])} | {ratio(l['ours'], l['raw'])} | {ok(t['load'])} |")
 
     w("\n### Predict (1 row: median µs; 10k rows: median ms)\n")
-    w("| model | 1-row raw | 1-row our wrapper | wrapper overhead | ≤ raw+0.2ms | 1-row PyFuncModel ours | "
-      "1-row PyFuncModel builtin | ours ÷ builtin | 10k raw | 10k PyFuncModel ours (×raw) | "
-      "10k PyFuncModel builtin (×raw) |")
-    w("|---|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|")
+    w("| model | 1-row raw | 1-row our wrapper | wrapper overhead: paired (Δ medians) | wrapper fixed cost | "
+      "≤ raw+0.2ms | 1-row PyFuncModel ours | 1-row PyFuncModel builtin | ours ÷ builtin | 10k raw | "
+      "10k PyFuncModel ours (×raw) | 10k PyFuncModel builtin (×raw) |")
+    w("|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         p, q = r["predict1"], r["predict_big"]
         w(f"| {r['key']} | {us(p['raw'])} | {us(p['wrapper'])} | "
-          f"{(p['wrapper'] - p['raw']) * 1e6:+.0f} (paired {p['wrapper_overhead_paired'] * 1e6:+.0f}) | "
+          f"{p['wrapper_overhead_paired'] * 1e6:+.0f} ({(p['wrapper'] - p['raw']) * 1e6:+.0f}) | "
+          f"{p['wrapper_fixed_cost'] * 1e6:.1f} | "
           f"{ok(r['targets']['predict1'])} | {us(p['ours_pyfunc'])} | {us(p['builtin_pyfunc'])} | "
           f"{ratio(p['ours_pyfunc'], p['builtin_pyfunc'])} | {ms(q['raw'])} | "
           f"{ms(q['ours_pyfunc'])} ({ratio(q['ours_pyfunc'], q['raw'])}) | "
@@ -468,6 +498,9 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
     bad = [(r["key"], r["mismatch"]) for r in results if r["mismatch"]]
     w("\nPrediction cross-check (ours / builtin / raw on 10k rows): "
       + ("all identical." if not bad else f"MISMATCH in {bad}"))
+    w("\nWrapper overhead: *paired* = median over rounds of (wrapper − raw) on the real model (the "
+      "target is judged on it); *Δ medians* = median(wrapper) − median(raw), noisier; *fixed cost* = "
+      "our wrapper + codec around a model whose predict does nothing (µs, noise-free).")
     w(f"\nReps: save {cfg.save_reps} (builtin save {cfg.builtin_save_reps}), load {cfg.load_reps}, "
       f"1-row predict {cfg.predict1_reps}, 10k-row predict {cfg.predict_big_reps}; medians, interleaved.")
     return "\n".join(lines)
@@ -514,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"# mlflow-safeflavor core benchmark{' (quick)' if cfg.quick else ''}\n", flush=True)
     print(f"Machine: {machine()}\n", flush=True)
+    load_start = os.getloadavg()
     wanted = set(cfg.models.split(",")) if cfg.models else None
     t0 = time.perf_counter()
     benches = build_models(wanted)
@@ -533,13 +567,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     print(report(results, cfg))
-    print(f"\nTotal wall time: {time.perf_counter() - started:.0f} s")
+    load_end = os.getloadavg()
+    print(f"\nTotal wall time: {time.perf_counter() - started:.0f} s; load average (1 min) at start "
+          f"{load_start[0]:.2f}, at end {load_end[0]:.2f}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if max(load_start[0], load_end[0]) > cores:
+        print(f"WARNING: load average above the {cores} cores: other processes competed for the CPU; "
+              "absolute times (1-row predict of multi-threaded GBDTs especially) are inflated.")
     if cfg.profile:
         for r in results:
             print(r.get("profile", ""))
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(
-            {"machine": machine(), "results": [{k: v for k, v in r.items() if k != "profile"} for r in results]},
+            {"machine": machine(), "loadavg": [load_start[0], load_end[0]], "results": [{k: v for k, v in r.items() if k != "profile"} for r in results]},
             indent=1, default=str,
         ))
     return 0

@@ -11,6 +11,7 @@ as it does for a shared team server. Nothing is mocked.
 
 Environment knobs:
     SAFEFLAVOR_IT_SERVER_TIMEOUT  seconds to wait for ``/health`` (default 120)
+    SAFEFLAVOR_IT_SERVER_JOBS=1   keep MLflow's background job runner on (off by default)
 """
 
 from __future__ import annotations
@@ -168,7 +169,6 @@ def tracking_uri(mlflow_server) -> str:
     previous = tracking_utils._tracking_uri
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(mlflow_server.url)
-    mlflow.set_experiment("safeflavor-integration")
     try:
         yield mlflow_server.url
     finally:
@@ -218,6 +218,7 @@ class Registry:
     """Logs and registers each selected model at most once per session, on first request."""
 
     cases: dict[str, zoo.Case]
+    experiment_id: str
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     done: dict[str, Registered] = field(default_factory=dict)
 
@@ -229,7 +230,7 @@ class Registry:
 
             case = self.cases[key]
             name = f"safeflavor-it-{key.replace('_', '-')}-{self.suffix}"
-            with mlflow.start_run(run_name=f"it-{key}") as run:
+            with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"it-{key}") as run:
                 info = mlflow_safeflavor.log_model(
                     case.model, name="model", input_example=case.X[:5], registered_model_name=name
                 )
@@ -240,4 +241,19 @@ class Registry:
 @pytest.fixture(scope="session")
 def registry(_server_process, zoo_cases, tracking_uri) -> Registry:
     """Lazily registered models; the zoo trains while the server (started first) boots."""
-    return Registry(zoo_cases)
+    import mlflow
+
+    experiment_id = mlflow.MlflowClient().create_experiment(f"safeflavor-integration-{uuid.uuid4().hex[:8]}")
+    return Registry(zoo_cases, experiment_id)
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``key`` (directly or through ``registered``) runs once per selected model."""
+    if "key" in metafunc.fixturenames:
+        metafunc.parametrize("key", list(SELECTED_CASES))
+
+
+@pytest.fixture
+def registered(registry, key) -> Registered:
+    """The selected model ``key``, logged and registered through the server (once per session)."""
+    return registry.get(key)

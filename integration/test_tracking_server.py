@@ -28,9 +28,6 @@ from mlflow.exceptions import MlflowException
 import mlflow_safeflavor
 from mlflow_safeflavor import IntegrityError, SafeFlavorError, UntrustedTypesError
 
-from conftest import SELECTED_CASES
-
-KEYS = list(SELECTED_CASES)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -148,15 +145,9 @@ def craft_skops_opening(skops_bytes: bytes, marker: Path) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture
-def registered(request, registry):
-    return registry.get(request.param)
-
-
 # ------------------------------------------------------------------ 1. log, register, load back
 
 
-@pytest.mark.parametrize("key", KEYS)
 def test_log_register_and_load_back_through_server(registry, key, mlflow_server):
     # Logs inside mlflow.start_run() and registers as version 1 (see conftest.Registry.get).
     registered = registry.get(key)
@@ -215,7 +206,6 @@ def test_pickle_scanner_detects_pickles(tmp_path):
     assert not pickle_findings("ok.npy", clean.getvalue())
 
 
-@pytest.mark.parametrize("registered", KEYS, indirect=True)
 def test_registered_version_contains_no_pickle(registered, tmp_path):
     local = Path(mlflow.artifacts.download_artifacts(registered.registry_uri, dst_path=str(tmp_path)))
     section = safeflavor_section(local)
@@ -232,7 +222,6 @@ def test_registered_version_contains_no_pickle(registered, tmp_path):
 # ---------------------------------------------------------------- 3. tampering is refused
 
 
-@pytest.mark.parametrize("registered", KEYS, indirect=True)
 def test_flipped_payload_byte_is_refused(registered, tmp_path):
     pristine = Path(mlflow.artifacts.download_artifacts(registered.registry_uri, dst_path=str(tmp_path / "dl")))
     files = list(safeflavor_section(pristine)["files"])
@@ -340,7 +329,7 @@ print("RESULT=" + json.dumps(out))
 
 
 def test_fresh_process_loads_from_registry(registry, mlflow_server, tmp_path):
-    regs = [registry.get(key) for key in KEYS]
+    regs = [registry.get(key) for key in registry.cases]  # every selected model
     inputs = {}
     for reg in regs:
         X = reg.case.X

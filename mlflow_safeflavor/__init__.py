@@ -24,6 +24,7 @@ from mlflow_safeflavor.flavor import (
     save_model,
 )
 from mlflow_safeflavor.record import FLAVOR_NAME
+from mlflow_safeflavor.signing import sign_model
 
 __all__ = [
     "FLAVOR_NAME",
@@ -41,4 +42,5 @@ __all__ = [
     "load_pyfunc",
     "log_model",
     "save_model",
+    "sign_model",
 ]

@@ -255,6 +255,7 @@ class Prepared:
     blobs: dict[str, bytes]
     codec: Codec
     decision: _policy.TrustDecision
+    signature: Any = None
 
 
 def model_root(local_path: str | os.PathLike) -> Path:
@@ -267,24 +268,41 @@ def model_root(local_path: str | os.PathLike) -> Path:
     return path
 
 
-def prepare(local_path: str | os.PathLike, *, trusted_types: Iterable[str] | None = None) -> Prepared:
+def prepare(
+    local_path: str | os.PathLike,
+    *,
+    trusted_types: Iterable[str] | None = None,
+    public_key: Any = None,
+    require_signature: bool | None = None,
+) -> Prepared:
     """Read, verify and decide on a local model directory; build nothing.
 
-    Raises IntegrityError / MalformedArtifactError on the way; the trust decision is returned (not
-    enforced) so callers such as ``inspect`` can report it.
+    Order: MLmodel read → signature (when keys are configured) → MLmodel schema → digests →
+    payload inspection → trust decision. Raises SignatureError / IntegrityError /
+    MalformedArtifactError on the way; the trust decision is returned (not enforced) so callers
+    such as ``inspect`` can report it.
     """
+    from mlflow_safeflavor import signing
+
     root = model_root(local_path)
-    mlmodel = read_mlmodel(root)
+    files = integrity.ModelFiles(root)
+    mlmodel = read_mlmodel(root, files)
+    keys = signing.configured_keys(public_key) if require_signature is not False else []
+    if require_signature and not keys:
+        raise InvalidArgumentError("a signature is required but no public key is configured.")
+    sig = signing.verify_directory(files, keys) if keys else None
     record = parse_record(mlmodel, root=root)
-    blobs = integrity.read_verified(root, record.files)
+    blobs = integrity.verify_digests(files, record.files)
     codec = get_codec(record.codec, path=str(root))
     required = codec.required_types(blobs, record, path=str(root))
     decision = _policy.decide(required, record.trusted_types, _policy.loading_policy(trusted_types))
-    return Prepared(root, mlmodel, record, blobs, codec, decision)
+    return Prepared(root, mlmodel, record, blobs, codec, decision, sig)
 
 
-def _load_local(local_path: str | os.PathLike, trusted_types: Iterable[str] | None) -> tuple[Any, Prepared]:
-    prep = prepare(local_path, trusted_types=trusted_types)
+def _load_local(
+    local_path: str | os.PathLike, trusted_types: Iterable[str] | None, public_key: Any = None
+) -> tuple[Any, Prepared]:
+    prep = prepare(local_path, trusted_types=trusted_types, public_key=public_key)
     _policy.enforce(prep.decision, path=str(prep.root))
     model = prep.codec.load(prep.blobs, prep.record, trusted=list(prep.decision.required), path=str(prep.root))
     return model, prep
@@ -299,20 +317,32 @@ def _download(model_uri: str, dst_path: str | None = None) -> str:
 
 
 def load_model(
-    model_uri: str, *, trusted_types: Iterable[str] | None = None, dst_path: str | None = None
+    model_uri: str,
+    *,
+    trusted_types: Iterable[str] | None = None,
+    dst_path: str | None = None,
+    public_key: Any = None,
 ) -> Any:
     """Load a safe-flavor model from any MLflow URI and return the native model object.
 
     Digests are checked before any parsing, then the trust decision (required ⊆ declared ⊆
     allowed, where allowed is the built-in allowlist plus ``trusted_types`` and
     ``MLFLOW_SAFEFLAVOR_TRUSTED_TYPES``, minus the hard-deny list). Refusals raise a
-    SafeFlavorError subclass that names the file, the problem and the fix.
+    SafeFlavorError subclass that names the file, the problem and the fix. With ``public_key`` (a
+    PEM path or several) or ``MLFLOW_SAFEFLAVOR_PUBLIC_KEY`` set, a valid signature over the whole
+    directory is mandatory.
     """
-    model, _ = _load_local(_download(model_uri, dst_path), trusted_types)
+    model, _ = _load_local(_download(model_uri, dst_path), trusted_types, public_key)
     return model
 
 
-def load_pyfunc(model_uri: str, *, trusted_types: Iterable[str] | None = None, dst_path: str | None = None) -> Any:
+def load_pyfunc(
+    model_uri: str,
+    *,
+    trusted_types: Iterable[str] | None = None,
+    dst_path: str | None = None,
+    public_key: Any = None,
+) -> Any:
     """Load a safe-flavor model as an ``mlflow.pyfunc.PyFuncModel`` with this package's loader.
 
     Unlike ``mlflow.pyfunc.load_model`` it never reads or imports the ``loader_module`` written in
@@ -322,7 +352,7 @@ def load_pyfunc(model_uri: str, *, trusted_types: Iterable[str] | None = None, d
     from mlflow.models import Model
     from mlflow.pyfunc import PyFuncModel
 
-    model, prep = _load_local(_download(model_uri, dst_path), trusted_types)
+    model, prep = _load_local(_download(model_uri, dst_path), trusted_types, public_key)
     try:
         meta = Model.from_dict(prep.mlmodel)
     except Exception as exc:

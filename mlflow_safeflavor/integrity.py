@@ -1,6 +1,6 @@
 """Safe file access under a model root: path checks, size caps, read-once digests.
 
-Every payload byte the loader parses comes from :func:`read_verified`, which opens each file once
+Every payload byte the loader parses comes from :class:`ModelFiles`, which opens each file once
 (without following symlinks), refuses anything that is not a plain regular file with a single link,
 hashes the bytes it read and hands back those same bytes — there is no check-then-reopen window.
 """
@@ -130,28 +130,82 @@ def read_file(root: Path, name: str, *, max_bytes: int | None = None) -> bytes:
     return data
 
 
-def read_verified(root: Path, files: dict[str, str]) -> dict[str, bytes]:
-    """Read every file of ``files`` (name -> ``sha256:…``) once, check digests, return the bytes.
+MAX_LISTED_FILES = 10_000
+MAX_DEPTH = 16
+
+
+class ModelFiles:
+    """Read-once access to one model directory: every file is read at most once and cached.
+
+    The signature check, the digest check and the codecs all see the same bytes, so nothing is
+    checked on one read and parsed from another.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[str, bytes] = {}
+        self._total = 0
+        self._total_cap = _cap(ENV_MAX_TOTAL_BYTES, DEFAULT_MAX_TOTAL_BYTES)
+
+    def read(self, name: str, *, max_bytes: int | None = None) -> bytes:
+        """Return the bytes of ``root/name``, reading the file on first use only."""
+        if name not in self._cache:
+            data = read_file(self.root, name, max_bytes=max_bytes)
+            self._total += len(data)
+            if self._total > self._total_cap:
+                raise IntegrityError(
+                    f"{self.root}: model files exceed the {self._total_cap}-byte total cap; raise "
+                    f"{ENV_MAX_TOTAL_BYTES} if this model is legitimately that large."
+                )
+            self._cache[name] = data
+        return self._cache[name]
+
+    def listing(self) -> list[str]:
+        """Every file under the root as a relative name, refusing symlinks and special files.
+
+        Hidden files and directories (``.git*``, ``.github/``) are listed like any other: a
+        signature covers the whole directory.
+        """
+        out: list[str] = []
+        stack = [(self.root, "", 0)]
+        while stack:
+            directory, prefix, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise IntegrityError(f"{directory}: directories nest deeper than {MAX_DEPTH}; refused.")
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    rel = f"{prefix}{entry.name}"
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append((Path(entry.path), rel + "/", depth + 1))
+                    elif stat.S_ISREG(st.st_mode):
+                        out.append(rel)
+                    else:
+                        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a FIFO, device or socket"
+                        raise IntegrityError(
+                            f"{self.root / rel}: is {kind}; model directories must hold only "
+                            "regular files. Remove it or obtain a clean copy of the model."
+                        )
+                    if len(out) > MAX_LISTED_FILES:
+                        raise IntegrityError(f"{self.root}: more than {MAX_LISTED_FILES} files; refused.")
+        return sorted(out)
+
+
+def verify_digests(files: ModelFiles, digests: dict[str, str]) -> dict[str, bytes]:
+    """Check every ``name -> sha256:…`` of ``digests`` against the bytes read and return them.
 
     Raises IntegrityError on a missing file, a mismatch, a disallowed file kind or a size cap.
     """
-    total_cap = _cap(ENV_MAX_TOTAL_BYTES, DEFAULT_MAX_TOTAL_BYTES)
-    total = 0
+    root = files.root
     out: dict[str, bytes] = {}
-    for name, expected in files.items():
+    for name, expected in digests.items():
         check_relative_name(name, root=root)
         if not isinstance(expected, str) or not _DIGEST.match(expected):
             raise MalformedArtifactError(
                 f"{root}/MLmodel: the digest recorded for {name!r} is not 'sha256:<64 hex>'. "
                 "Re-save the model with mlflow_safeflavor.save_model."
             )
-        data = read_file(root, name)
-        total += len(data)
-        if total > total_cap:
-            raise IntegrityError(
-                f"{root}: model files exceed the {total_cap}-byte total cap; raise "
-                f"{ENV_MAX_TOTAL_BYTES} if this model is legitimately that large."
-            )
+        data = files.read(name)
         actual = sha256_digest(data)
         if not hmac.compare_digest(actual, expected):
             raise IntegrityError(
@@ -161,3 +215,8 @@ def read_verified(root: Path, files: dict[str, str]) -> dict[str, bytes]:
             )
         out[name] = data
     return out
+
+
+def read_verified(root: Path, digests: dict[str, str]) -> dict[str, bytes]:
+    """Read and digest-check ``digests``' files under ``root`` (see :func:`verify_digests`)."""
+    return verify_digests(ModelFiles(root), digests)

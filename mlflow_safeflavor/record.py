@@ -38,9 +38,10 @@ class Record:
         return self.raw.get(key, default)
 
 
-def read_mlmodel(root: Path) -> dict[str, Any]:
+def read_mlmodel(root: Path, files: "integrity.ModelFiles | None" = None) -> dict[str, Any]:
     """Read ``root/MLmodel`` with the safe file reader and parse it as plain YAML data."""
-    data = integrity.read_file(root, "MLmodel", max_bytes=integrity.MLMODEL_MAX_BYTES)
+    files = files or integrity.ModelFiles(root)
+    data = files.read("MLmodel", max_bytes=integrity.MLMODEL_MAX_BYTES)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         doc = yaml.load(data.decode("utf-8"), Loader=loader)  # noqa: S506 - a SafeLoader
