@@ -54,6 +54,36 @@ def inspect_cmd(model_uri: str, trusted_types: str | None, as_json: bool) -> Non
     sys.exit(0 if report.would_load else 1)
 
 
+@main.command("verify")
+@click.argument("model_uri")
+@click.option("--public-key", "public_keys", multiple=True, help="PEM public key; makes a valid signature mandatory (repeatable).")
+@_trusted_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_cmd(model_uri: str, public_keys: tuple[str, ...], trusted_types: str | None, as_json: bool) -> None:
+    """Verify digests, signature, trust decision and payload structure; flag pickles, code/ and foreign loaders.
+
+    Exits 0 only if every check passes.
+    """
+    from mlflow_safeflavor.verify import format_result, verify_model
+
+    result = verify_model(model_uri, public_key=list(public_keys) or None, trusted_types=trusted_types)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_result(result))
+    sys.exit(0 if result.ok else 1)
+
+
+@main.command("sign")
+@click.argument("model_uri")
+@click.option("--key", "private_key", required=True, type=click.Path(exists=True, dir_okay=False), help="Elliptic-curve private key (PEM).")
+@click.option("--password", default=None, help="Password of the private key, if encrypted.")
+@_trusted_option
+def sign_cmd(model_uri: str, private_key: str, password: str | None, trusted_types: str | None) -> None:
+    """Sign every file of a safe-flavor model directory (writes model.sig) with model-signing, offline."""
+    from mlflow_safeflavor.signing import sign_model
+
+    where = sign_model(model_uri, private_key, password=password, trusted_types=trusted_types)
+    click.echo(f"signed {where}")
+
+
 @main.command("demo")
 @click.option("--dir", "directory", default="demo-mlruns", show_default=True, help="Where the local MLflow store goes.")
 def demo_cmd(directory: str) -> None:

@@ -291,12 +291,39 @@ def prepare(
     if require_signature and not keys:
         raise InvalidArgumentError("a signature is required but no public key is configured.")
     sig = signing.verify_directory(files, keys) if keys else None
+    _check_pyfunc_conf(mlmodel, root)
     record = parse_record(mlmodel, root=root)
     blobs = integrity.verify_digests(files, record.files)
     codec = get_codec(record.codec, path=str(root))
     required = codec.required_types(blobs, record, path=str(root))
     decision = _policy.decide(required, record.trusted_types, _policy.loading_policy(trusted_types))
     return Prepared(root, mlmodel, record, blobs, codec, decision, sig)
+
+
+def _check_pyfunc_conf(mlmodel: dict[str, Any], root: Path) -> None:
+    """Refuse what save_model never writes: a foreign loader_module, shipped code, a code/ dir.
+
+    Our loaders would not run any of it, but such a model was rewritten by someone, and
+    ``mlflow.pyfunc.load_model`` on the same directory would run it.
+    """
+    flavors = mlmodel.get("flavors") if isinstance(mlmodel.get("flavors"), dict) else {}
+    conf = flavors.get("python_function")
+    problems = []
+    if conf is not None:
+        if not isinstance(conf, dict) or conf.get("loader_module") != LOADER_MODULE:
+            loader = conf.get("loader_module") if isinstance(conf, dict) else conf
+            problems.append(f"python_function.loader_module is {loader!r}, not {LOADER_MODULE!r}")
+        elif conf.get("code") or conf.get("model_code_path"):
+            problems.append("python_function ships code")
+    if os.path.lexists(root / "code"):
+        problems.append("the directory contains code/")
+    if problems:
+        raise MalformedArtifactError(
+            f"{root}/MLmodel: {'; '.join(problems)}. mlflow_safeflavor.save_model never writes "
+            "this; the model was rewritten. Do not load it with mlflow.pyfunc.load_model (which "
+            "would run that code); obtain the original model.",
+            path=str(root),
+        )
 
 
 def _load_local(
