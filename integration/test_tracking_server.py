@@ -28,8 +28,6 @@ from mlflow.exceptions import MlflowException
 import mlflow_safeflavor
 from mlflow_safeflavor import IntegrityError, SafeFlavorError, UntrustedTypesError
 
-
-
 # ---------------------------------------------------------------------------------- helpers
 
 

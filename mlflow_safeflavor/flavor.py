@@ -291,8 +291,8 @@ def prepare(
     if require_signature and not keys:
         raise InvalidArgumentError("a signature is required but no public key is configured.")
     sig = signing.verify_directory(files, keys) if keys else None
-    _check_pyfunc_conf(mlmodel, root)
     record = parse_record(mlmodel, root=root)
+    _check_pyfunc_conf(mlmodel, root)
     blobs = integrity.verify_digests(files, record.files)
     codec = get_codec(record.codec, path=str(root))
     required = codec.required_types(blobs, record, path=str(root))
