@@ -22,3 +22,51 @@ def cases():
 def _clean_policy_env(monkeypatch):
     """Tests start with no operator additions unless they set them."""
     monkeypatch.delenv("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", raising=False)
+
+
+class Worker:
+    """A long-lived loader subprocess (tests/redteam_worker.py), restarted after a crash.
+
+    ``load`` returns the worker's JSON reply, or ``{"outcome": "crashed", "returncode": N}`` when
+    the process died (a negative N is the signal), so a crash fails one case, not the test run.
+    """
+
+    def __init__(self):
+        self.proc = None
+
+    def _start(self):
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "redteam_worker.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_SAFEFLAVOR_")},
+        )
+        assert "ready" in self.proc.stdout.readline()
+
+    def load(self, path, loader="load_model", *, kwargs=None, env=None, X=None, timeout=120):
+        import json
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        req = {"path": str(path), "loader": loader, "kwargs": kwargs or {}, "env": env or {}, "X": X}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait(timeout=timeout)
+            self.proc = None
+            return {"outcome": "crashed", "returncode": code}
+        return json.loads(line)
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def worker():
+    w = Worker()
+    yield w
+    w.close()

@@ -1,0 +1,75 @@
+"""A loader process for red-team and fuzz tests: one JSON request per line in, one result out.
+
+Run as ``python tests/redteam_worker.py``. Each request names a model directory and a loader; the
+reply says whether it loaded (with predictions, for fuzzing) or which exception it raised. If the
+process dies by a signal, the parent sees EOF and knows which request did it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+import warnings
+
+warnings.filterwarnings("ignore")
+
+
+def _predict(model, X):
+    import numpy as np
+
+    if type(model).__name__ == "Booster" and type(model).__module__.startswith("xgboost"):
+        import xgboost
+
+        return np.asarray(model.predict(xgboost.DMatrix(X))).tolist()
+    return np.asarray(model.predict(X)).tolist()
+
+
+def handle(req: dict) -> dict:
+    import mlflow
+    import pandas as pd
+
+    import mlflow_safeflavor as sf
+
+    kwargs = req.get("kwargs", {})
+    X = None
+    if req.get("X") is not None:
+        X = pd.DataFrame(**req["X"]) if isinstance(req["X"], dict) else req["X"]
+    try:
+        if req["loader"] == "load_model":
+            model = sf.load_model(req["path"], **kwargs)
+        elif req["loader"] == "load_pyfunc":
+            model = sf.load_pyfunc(req["path"], **kwargs)
+        else:
+            model = mlflow.pyfunc.load_model(req["path"])
+        preds = _predict(model, X) if X is not None else None
+        return {"outcome": "loaded", "predictions": preds}
+    except sf.SafeFlavorError as exc:
+        return {"outcome": "refused", "type": type(exc).__name__, "message": exc.message}
+    except BaseException as exc:  # noqa: BLE001 - the point is to report anything else
+        return {"outcome": "other", "type": type(exc).__name__, "message": str(exc)[:500],
+                "traceback": traceback.format_exc()[-2000:]}
+
+
+def main() -> None:
+    import mlflow_safeflavor  # noqa: F401 - import before saying ready
+
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        saved = {k: os.environ.get(k) for k in req.get("env", {})}
+        os.environ.update(req.get("env", {}))
+        try:
+            reply = handle(req)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()
