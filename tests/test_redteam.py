@@ -34,6 +34,7 @@ class Hostile:
     loader: str = "load_model"
     kwargs: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    predict_on: str | None = None  # a zoo case whose X the worker predicts on if the model loads
 
 
 def _saved(case_name: str):
@@ -379,21 +380,21 @@ HOSTILE = [
     Hostile("signature-file-garbage", signed("sk_ridge", lambda p, m: (p / "model.sig").write_text("{}")), "SignatureError", "model.sig", kwargs={"public_key": "@good"}),
     Hostile("loader-module-swap-with-code", loader_module_swap, "MalformedArtifactError", "loader_module"),
     Hostile("code-dir-added", code_dir_only, "MalformedArtifactError", "code/", loader="load_pyfunc"),
-    Hostile("xgboost-json-child-out-of-range", xgb_json_edit(_child_out_of_range), "MalformedArtifactError", "model.json"),
-    Hostile("xgboost-json-cycle", xgb_json_edit(_cycle), "MalformedArtifactError", "model.json"),
-    Hostile("lightgbm-wrong-tree-sizes", lgb_text_edit(_tree_sizes_wrong), "MalformedArtifactError", "tree_sizes"),
-    Hostile("lightgbm-child-out-of-range", lgb_text_edit(_lgb_child_out_of_range), "MalformedArtifactError", "child"),
-    Hostile("lightgbm-feature-out-of-range", lgb_text_edit(_lgb_feature_out_of_range), "MalformedArtifactError", "feature"),
-    Hostile("sklearn-tree-left-child-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("left_child", "left_child", -1), 10**6)), "MalformedArtifactError", "child index"),
-    Hostile("sklearn-tree-feature-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("feature", "left_child", -1), 999)), "MalformedArtifactError", "feature index"),
-    Hostile("hgb-predictor-child-out-of-range", skops_member_edit("sk_hgb_reg", _npy_edit(("left", "is_leaf", 1), 10**6)), "MalformedArtifactError", "child index"),
+    Hostile("xgboost-json-child-out-of-range", xgb_json_edit(_child_out_of_range), "MalformedArtifactError", "model.json", predict_on="xgb_clf"),
+    Hostile("xgboost-json-cycle", xgb_json_edit(_cycle), "MalformedArtifactError", "model.json", predict_on="xgb_clf"),
+    Hostile("lightgbm-wrong-tree-sizes", lgb_text_edit(_tree_sizes_wrong), "MalformedArtifactError", "tree_sizes", predict_on="lgb_reg"),
+    Hostile("lightgbm-child-out-of-range", lgb_text_edit(_lgb_child_out_of_range), "MalformedArtifactError", "child", predict_on="lgb_reg"),
+    Hostile("lightgbm-feature-out-of-range", lgb_text_edit(_lgb_feature_out_of_range), "MalformedArtifactError", "feature", predict_on="lgb_reg"),
+    Hostile("sklearn-tree-left-child-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("left_child", "left_child", -1), 10**6)), "MalformedArtifactError", "child index", predict_on="sk_rf_clf"),
+    Hostile("sklearn-tree-feature-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("feature", "left_child", -1), 999)), "MalformedArtifactError", "feature index", predict_on="sk_rf_clf"),
+    Hostile("hgb-predictor-child-out-of-range", skops_member_edit("sk_hgb_reg", _npy_edit(("left", "is_leaf", 1), 10**6)), "MalformedArtifactError", "child index", predict_on="sk_hgb_reg"),
     Hostile("skops-unreferenced-member", skops_member_edit("sk_ridge", _extra_member), "MalformedArtifactError", "does not reference"),
     Hostile("skops-duplicate-member", skops_member_edit("sk_ridge", _duplicate_member), "MalformedArtifactError", "duplicate"),
     Hostile("skops-object-dtype-member", skops_member_edit("sk_ridge", _object_npy), "MalformedArtifactError", "object-dtype"),
     Hostile("skops-schema-too-deep", skops_member_edit("sk_ridge", _deep_schema), "MalformedArtifactError", "nests deeper"),
     Hostile("skops-unknown-protocol", skops_member_edit("sk_ridge", _bad_protocol), "MalformedArtifactError", "protocol"),
     Hostile("skops-zip-bomb", zip_bomb, "MalformedArtifactError", "zip bomb"),
-    Hostile("catboost-truncated", catboost_truncated, "MalformedArtifactError", "CatBoost"),
+    Hostile("catboost-truncated", catboost_truncated, "MalformedArtifactError", "CatBoost", predict_on="cb_clf_cat"),
     Hostile("component-codec-recursion", component_edit(lambda c: c.__setitem__("codec", "sklearn")), "MalformedArtifactError", "component"),
     Hostile("component-step-out-of-range", component_edit(lambda c: c.__setitem__("step", [7])), "MalformedArtifactError", "step"),
 ]
@@ -432,7 +433,11 @@ def test_hostile_artifact_is_refused_in_a_separate_process(hostile, cases, keys,
     path = hostile.build(tmp_path, marker, {"cases": cases, "keys": keys})
     kwargs = {k: _resolve(v, keys) for k, v in hostile.kwargs.items()}
     env = {k: _resolve(v, keys) for k, v in hostile.env.items()}
-    reply = worker.load(path, hostile.loader, kwargs=kwargs, env=env)
+    X = None
+    if hostile.predict_on:
+        data = cases[hostile.predict_on].X
+        X = {"data": data.to_numpy().tolist(), "columns": list(data.columns)} if hasattr(data, "columns") else np.asarray(data).tolist()
+    reply = worker.load(path, hostile.loader, kwargs=kwargs, env=env, X=X)
     assert reply["outcome"] == "refused", reply
     assert reply["type"] == hostile.error, reply
     assert hostile.message in reply["message"], reply["message"]
