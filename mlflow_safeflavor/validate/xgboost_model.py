@@ -334,7 +334,7 @@ _FAST_FIELDS = (
     ("split_indices", 4, ">i4"),
     ("split_type", 1, "u1"),
 )
-_BASE_WEIGHTS_COUNT_AT = 1 + 9 + len(b"base_weights") + 4  # '{' key '[$d#L' -> the int64 count
+_BASE_WEIGHTS_COUNT_AT = 1 + 9 + len(b"base_weights") + 5  # "{", key, "[$d#L" -> the int64 count
 
 
 def _tree_layout(n: int, id_size: int, num_feature: bytes) -> tuple:
