@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: venv demo test unit integration bench clean
+.PHONY: venv demo test unit integration fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ unit: $(BIN)/python
 
 integration: $(BIN)/python
 	$(BIN)/python -m pytest integration
+
+## fuzz: the long fuzzing profile (hypothesis; thousands of mutated models)
+fuzz: $(BIN)/python
+	$(PIP) install --quiet -e ".[dev]"
+	SAFEFLAVOR_FUZZ_EXAMPLES=$${SAFEFLAVOR_FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py --hypothesis-show-statistics -q
 
 ## bench: print the save/load/predict comparison table (not a test)
 bench: $(BIN)/python

@@ -84,6 +84,26 @@ def sign_cmd(model_uri: str, private_key: str, password: str | None, trusted_typ
     click.echo(f"signed {where}")
 
 
+@main.command("serve")
+@click.argument("model_uri")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--timeout", default=None, type=int, help="Request timeout in seconds (MLflow's default if unset).")
+@click.option("--public-key", "public_keys", multiple=True, help="PEM public key; makes a valid signature mandatory (repeatable).")
+@_trusted_option
+def serve_cmd(model_uri: str, host: str, port: int, workers: int, timeout: int | None,
+              public_keys: tuple[str, ...], trusted_types: str | None) -> None:
+    """Serve a model with MLflow's scoring protocol, loaded by our verifying loader (never loader_module).
+
+    A model that fails any check makes the command exit 1 with the reason before anything listens.
+    """
+    from mlflow_safeflavor.serving import serve
+
+    serve(model_uri, host=host, port=port, workers=workers, public_key=list(public_keys) or None,
+          trusted_types=trusted_types, timeout=timeout)
+
+
 @main.command("demo")
 @click.option("--dir", "directory", default="demo-mlruns", show_default=True, help="Where the local MLflow store goes.")
 def demo_cmd(directory: str) -> None:
