@@ -203,12 +203,24 @@ def build_models(wanted: set[str] | None) -> list[Bench]:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], Any]], reps: dict[str, int], *, collect: bool = True
+    fns: dict[str, Callable[[], Any]],
+    reps: dict[str, int],
+    *,
+    collect: bool = True,
+    budget_s: float | None = None,
+    min_reps: int = 0,
 ) -> dict[str, list[float]]:
-    """Run each fn ``reps[name]`` times, round-robin with rotating order; return seconds per call."""
+    """Run each fn ``reps[name]`` times, round-robin with rotating order; return seconds per call.
+
+    With ``budget_s``, stop after the round in which the budget ran out, once ``min_reps`` rounds
+    are done (keeps a contended machine from stretching the run; the report prints the count).
+    """
     names = list(fns)
     out: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
     for r in range(max(reps.values())):
+        if budget_s is not None and r >= min_reps and time.perf_counter() - start > budget_s:
+            break
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             if r >= reps[name]:
@@ -346,8 +358,11 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
         },
         {k: cfg.predict1_reps for k in ("raw", "wrapper", "ours_pyfunc", "builtin_pyfunc")},
         collect=False,
+        budget_s=cfg.predict1_budget,
+        min_reps=cfg.predict1_min_reps,
     )
     res["predict1"] = {k: med(v) for k, v in t.items()}
+    res["predict1_n"] = len(t["raw"])
     # Paired estimate of the wrapper's overhead: median of per-round (wrapper - raw) differences.
     res["predict1"]["wrapper_overhead_paired"] = med([w - r for w, r in zip(t["wrapper"], t["raw"])])
 
@@ -501,8 +516,11 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
     w("\nWrapper overhead: *paired* = median over rounds of (wrapper − raw) on the real model (the "
       "target is judged on it); *Δ medians* = median(wrapper) − median(raw), noisier; *fixed cost* = "
       "our wrapper + codec around a model whose predict does nothing (µs, noise-free).")
+    done = ", ".join(f"{r['key']} {r['predict1_n']}" for r in results)
     w(f"\nReps: save {cfg.save_reps} (builtin save {cfg.builtin_save_reps}), load {cfg.load_reps}, "
-      f"1-row predict {cfg.predict1_reps}, 10k-row predict {cfg.predict_big_reps}; medians, interleaved.")
+      f"1-row predict {cfg.predict1_reps} (min {cfg.predict1_min_reps}, {cfg.predict1_budget:.0f} s budget per model; "
+      f"done: {done}), "
+      f"10k-row predict {cfg.predict_big_reps}; medians, interleaved.")
     return "\n".join(lines)
 
 
@@ -541,8 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ap.parse_args(argv)
     if cfg.quick:
         cfg.save_reps, cfg.builtin_save_reps, cfg.load_reps, cfg.predict1_reps, cfg.predict_big_reps = 3, 1, 3, 50, 3
+        cfg.predict1_min_reps, cfg.predict1_budget = 50, 5.0
     else:
         cfg.save_reps, cfg.builtin_save_reps, cfg.load_reps, cfg.predict1_reps, cfg.predict_big_reps = 7, 3, 7, 300, 11
+        cfg.predict1_min_reps, cfg.predict1_budget = 200, 20.0
 
     started = time.perf_counter()
     print(f"# mlflow-safeflavor core benchmark{' (quick)' if cfg.quick else ''}\n", flush=True)

@@ -29,7 +29,7 @@ def test_inspect_json_and_tampered_model_exit_1(cases, tmp_path):
     payload.write_bytes(payload.read_bytes()[:-1] + b"\x00")
     result = CliRunner().invoke(main, ["inspect", "--json", str(tmp_path / "m")])
     assert result.exit_code == 1
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)
     status = {f["name"]: f["status"] for f in doc["files"]}
     assert status == {"model.ubj": "mismatch", "wrapper.json": "ok"} and doc["would_load"] is False
 

@@ -1,7 +1,7 @@
 """CatBoost: every CatBoost model class in CatBoost's native ``.cbm`` format.
 
-The cbm file already carries class names, feature names and categorical feature indices, and
-CatBoost verifies its flatbuffers on load, so no wrapper state is needed.
+The cbm file already carries class names, feature names and categorical feature indices, so no
+wrapper state is needed; the container header is checked before CatBoost reads it (validate/catboost_model.py).
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class CatBoostCodec:
         names = [n for n in blobs if n.rsplit("/", 1)[-1] == MODEL_FILE]
         if len(names) != 1:
             raise MalformedArtifactError(f"{path}: model.cbm is not among the recorded files.", path=path)
+        from mlflow_safeflavor.validate import catboost_model
+
+        catboost_model.validate(blobs[names[0]], path=path)
         model = cls()
         try:
             model.load_model(blob=blobs[names[0]])

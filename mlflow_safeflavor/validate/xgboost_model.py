@@ -284,9 +284,9 @@ class _UBJDecoder:
                 fast = _fast_trees(self, start, n, depth)
                 if fast is not None:
                     return fast
-            small = _small_ints(buf, start, n)
-            if small is not None:
-                return small, start + 2 * n
+            ints = _int_runs(buf, start, n)
+            if ints is not None:
+                return ints
             out = []
             append = out.append
             value = self._value
@@ -307,12 +307,40 @@ class _UBJDecoder:
             out.append(item)
 
 
-def _small_ints(buf: bytes, start: int, n: int) -> list | None:
-    """Fast path for a counted generic array of ``i``-marked integers (``tree_info``): a list of int."""
-    region = buf[start : start + 2 * n]
-    if len(region) != 2 * n or region[::2].count(b"i") != n:
-        return None
-    return np.frombuffer(region[1::2], "i1").tolist()
+_INT_WIDTH = {0x69: ("i1", 1), 0x49: (">i2", 2), 0x6C: (">i4", 4), 0x4C: (">i8", 8)}
+
+
+def _int_runs(buf: bytes, start: int, n: int) -> tuple[list, int] | None:
+    """Fast path for a counted generic array of integer scalars (``tree_info``, ``iteration_indptr``).
+
+    Decodes runs of equally-marked integers with NumPy; returns (list of int, end) or None when the
+    array is anything else (it is then decoded one value at a time).
+    """
+    out: list = []
+    pos = start
+    left = n
+    end = len(buf)
+    for _ in range(8):
+        if not left:
+            return out, pos
+        if pos >= end:
+            return None
+        width = _INT_WIDTH.get(buf[pos])
+        if width is None:
+            return None
+        dtype, size = width
+        step = size + 1
+        markers = buf[pos : pos + step * left : step]
+        run = len(markers) - len(markers.lstrip(markers[:1]))
+        if pos + step * run > end:
+            run = (end - pos) // step
+            if run == 0:
+                return None
+        block = np.frombuffer(buf, np.uint8, step * run, pos).reshape(run, step)[:, 1:]
+        out.extend(np.ascontiguousarray(block).view(dtype).ravel().tolist())
+        pos += step * run
+        left -= run
+    return (out, pos) if not left else None
 
 
 # ---- canonical tree layout (what XGBoost 3.2 writes for a numeric, non-vector-leaf tree) ----------
@@ -332,80 +360,82 @@ _FAST_FIELDS = (
     ("right_children", 4, ">i4"),
     ("parents", 4, ">i4"),
     ("split_indices", 4, ">i4"),
-    ("split_type", 1, "u1"),
 )
 _BASE_WEIGHTS_COUNT_AT = 1 + 9 + len(b"base_weights") + 5  # "{", key, "[$d#L" -> the int64 count
+
+
+_Q0 = _Q.pack(0)
+# The canonical tree, key by key (std::map order): (constant bytes up to a payload, bytes per node of
+# that payload, field name). Every count in a numeric tree is num_nodes except the empty categories.
+_TREE_SPEC = (
+    (b"{" + _key(b"base_weights") + b"[$d#L", 4, "base_weights"),
+    (_key(b"categories") + b"[$l#L" + _Q0 + _key(b"categories_nodes") + b"[$l#L" + _Q0
+     + _key(b"categories_segments") + b"[$L#L" + _Q0 + _key(b"categories_sizes") + b"[$L#L" + _Q0
+     + _key(b"default_left") + b"[$U#L", 1, "default_left"),
+    (_key(b"id"), 0, "id"),
+    (_key(b"left_children") + b"[$l#L", 4, "left_children"),
+    (_key(b"loss_changes") + b"[$d#L", 4, "loss_changes"),
+    (_key(b"parents") + b"[$l#L", 4, "parents"),
+    (_key(b"right_children") + b"[$l#L", 4, "right_children"),
+    (_key(b"split_conditions") + b"[$d#L", 4, "split_conditions"),
+    (_key(b"split_indices") + b"[$l#L", 4, "split_indices"),
+    (_key(b"split_type") + b"[$U#L", 1, "split_type"),
+    (_key(b"sum_hessian") + b"[$d#L", 4, "sum_hessian"),
+)
+_TP_HEAD = (_key(b"tree_param") + b"{" + _key(b"num_deleted") + b"SL" + _Q.pack(1) + b"0"
+            + _key(b"num_feature") + b"SL")
+_TP_NODES = _key(b"num_nodes") + b"SL"
+_TP_TAIL = _key(b"size_leaf_vector") + b"SL" + _Q.pack(1) + b"1}}"
+_LAYOUTS: dict[tuple, tuple] = {}
 
 
 def _tree_layout(n: int, id_size: int, num_feature: bytes) -> tuple:
     """Byte template of one canonical tree with ``n`` nodes.
 
     Returns (struct, expected constant chunks, size, id offset, offsets of _FAST_FIELDS payloads,
-    offset of the tree_param key).
-    Payload bytes are skipped ('x'); every other byte of the tree is compared.
+    offset of the tree_param key). Payload bytes are skipped ('x'); every other byte of the tree,
+    including every count and the tree_param strings, is compared.
     """
+    cache_key = (n, id_size, num_feature)
+    layout = _LAYOUTS.get(cache_key)
+    if layout is not None:
+        return layout
+    count = _Q.pack(n)
     fmt = [">"]
-    consts: list[bytes] = []
-    cur = bytearray(b"{")
-    pos = 1
-    offsets: dict[str, int] = {}
-
-    def const(b: bytes) -> None:
-        nonlocal pos
-        cur.extend(b)
-        pos += len(b)
-
-    def skip(name: str, size: int) -> None:
-        nonlocal pos, cur
-        fmt.append(f"{len(cur)}s")
-        consts.append(bytes(cur))
-        cur = bytearray()
+    consts = []
+    offsets = {}
+    pos = 0
+    pending = b""
+    for head, item, name in _TREE_SPEC:
+        if name == "split_type":  # numeric trees: all zeros, so part of the template
+            pending += head + count + bytes(n)
+            continue
+        if item:
+            chunk, size = pending + head + count, item * n
+        else:
+            chunk, size = pending + head + _ID_MARKER[id_size], id_size
+        pending = b""
+        consts.append(chunk)
+        fmt.append(f"{len(chunk)}s{size}x")
+        pos += len(chunk)
         offsets[name] = pos
-        if size:
-            fmt.append(f"{size}x")
         pos += size
-
-    def array(name: bytes, marker: bytes, count: int, item: int) -> None:
-        const(_key(name) + _typed_header(marker, count))
-        if count:
-            skip(name.decode(), count * item)
-
-    array(b"base_weights", b"d", n, 4)
-    array(b"categories", b"l", 0, 4)
-    array(b"categories_nodes", b"l", 0, 4)
-    array(b"categories_segments", b"L", 0, 8)
-    array(b"categories_sizes", b"L", 0, 8)
-    array(b"default_left", b"U", n, 1)
-    const(_key(b"id") + _ID_MARKER[id_size])
-    skip("id", id_size)
-    array(b"left_children", b"l", n, 4)
-    array(b"loss_changes", b"d", n, 4)
-    array(b"parents", b"l", n, 4)
-    array(b"right_children", b"l", n, 4)
-    array(b"split_conditions", b"d", n, 4)
-    array(b"split_indices", b"l", n, 4)
-    array(b"split_type", b"U", n, 1)
-    array(b"sum_hessian", b"d", n, 4)
-    tree_param_at = pos
-    const(_key(b"tree_param") + b"{")
-    for name, value in (
-        (b"num_deleted", b"0"),
-        (b"num_feature", num_feature),
-        (b"num_nodes", str(n).encode()),
-        (b"size_leaf_vector", b"1"),
-    ):
-        const(_key(name) + b"SL" + _Q.pack(len(value)) + value)
-    const(b"}}")
-    fmt.append(f"{len(cur)}s")
-    consts.append(bytes(cur))
-    return (
+    digits = str(n).encode()
+    tail = _TP_HEAD + _Q.pack(len(num_feature)) + num_feature + _TP_NODES + _Q.pack(len(digits)) + digits + _TP_TAIL
+    consts.append(tail)
+    fmt.append(f"{len(tail)}s")
+    layout = (
         struct.Struct("".join(fmt)),
         tuple(consts),
-        pos,
+        pos + len(tail),
         offsets["id"],
         tuple(offsets[name] for name, _, _ in _FAST_FIELDS),
-        tree_param_at,
+        pos,
     )
+    if len(_LAYOUTS) > 4096:
+        _LAYOUTS.clear()
+    _LAYOUTS[cache_key] = layout
+    return layout
 
 
 class _Forest:
@@ -418,6 +448,23 @@ class _Forest:
     )
 
 
+def _affine_offsets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets of the id and the _FAST_FIELDS payloads in a canonical tree: A + B * n + C * (id_size - 1)."""
+    def at(n: int, id_size: int) -> np.ndarray:
+        layout = _tree_layout(n, id_size, b"0")
+        return np.asarray((layout[3],) + layout[4], dtype=np.int64)
+
+    base, per_node, per_id = at(1, 1), at(2, 1) - at(1, 1), at(1, 2) - at(1, 1)
+    _LAYOUTS.clear()
+    return base - per_node, per_node, per_id
+
+
+_OFF_A, _OFF_B, _OFF_C = _affine_offsets()
+# The tree_param key of tree 0 (id_size 1): then '{', "num_deleted": "0", the num_feature key and "SL".
+_NF_LEN_FROM_TREE_PARAM = len(_key(b"tree_param") + b"{" + _key(b"num_deleted") + b"SL") + 8 + 1 + len(
+    _key(b"num_feature") + b"SL")
+
+
 def _fast_trees(dec: _UBJDecoder, start: int, count: int, depth: int) -> tuple[_Forest, int] | None:
     """Read ``count`` canonical trees starting at ``start``; None if any tree is not canonical.
 
@@ -426,92 +473,78 @@ def _fast_trees(dec: _UBJDecoder, start: int, count: int, depth: int) -> tuple[_
     reader will see. Anything else (categorical or vector-leaf trees, pruned trees, ...) returns
     None and goes through the generic decoder.
     """
-    buf, end = dec.buf, dec.end
+    buf = dec.buf
     if depth + 2 > MAX_NESTING or count > MAX_TREES:
         return None
-    # num_feature string of tree 0 (all trees share it in canonical files)
-    n0 = _Q.unpack_from(buf, start + _BASE_WEIGHTS_COUNT_AT)[0] if start + 35 <= end else -1
-    if not 1 <= n0 <= MAX_TREE_NODES:
-        return None
-    # Tree 0 laid out with a one-digit num_feature: its tree_param starts at the same place whatever
-    # the digits, and the num_feature length sits right after the "num_deleted": "0" entry.
-    probe = _tree_layout(n0, 1, b"0")
-    nf_len_at = start + probe[5] + len(_key(b"tree_param") + b"{" + _key(b"num_deleted") + b"SL") + 8 + 1
-    nf_len_at += len(_key(b"num_feature") + b"SL")
-    if nf_len_at + 8 > end:
-        return None
-    nf_len = _Q.unpack_from(buf, nf_len_at)[0]
-    if not 1 <= nf_len <= 10 or nf_len_at + 8 + nf_len > end:
-        return None
-    nf_bytes = buf[nf_len_at + 8 : nf_len_at + 8 + nf_len]
-    if not nf_bytes.isdigit():
-        return None
-
-    unpack_count = _Q.unpack_from
-    cache: dict[int, tuple] = {}
-    layouts: list[tuple] = []
-    starts: list[int] = []
-    ns: list[int] = []
-    which: list[int] = []
-    pos = start
-    total = 0
-    for t in range(count):
-        if pos + 35 > end:
+    try:
+        # num_feature string of tree 0 (all trees of a canonical file share it)
+        n0 = _Q.unpack_from(buf, start + _BASE_WEIGHTS_COUNT_AT)[0]
+        if not 1 <= n0 <= MAX_TREE_NODES:
             return None
-        n = unpack_count(buf, pos + _BASE_WEIGHTS_COUNT_AT)[0]
-        id_size = 1 if t < 127 else (2 if t < 32767 else 4)
-        ck = n * 8 + id_size
-        entry = cache.get(ck)
-        if entry is None:
-            if not 1 <= n <= MAX_TREE_NODES:
-                return None
-            layout = _tree_layout(n, id_size, nf_bytes)
-            entry = (layout[0].unpack_from, layout[1], layout[2], len(layouts))
-            layouts.append(layout)
-            cache[ck] = entry
-        unpack, expected, size, index = entry
-        if pos + size > end or unpack(buf, pos) != expected:
+        nf_len_at = start + _tree_layout(n0, 1, b"0")[5] + _NF_LEN_FROM_TREE_PARAM
+        nf_len = _Q.unpack_from(buf, nf_len_at)[0]
+        if not 1 <= nf_len <= 10:
             return None
-        starts.append(pos)
-        ns.append(n)
-        which.append(index)
-        pos += size
-        total += n
-        if total > MAX_TOTAL_NODES:
+        nf_bytes = buf[nf_len_at + 8 : nf_len_at + 8 + nf_len]
+        if len(nf_bytes) != nf_len or not nf_bytes.isdigit():
             return None
 
-    starts_a = np.asarray(starts, dtype=np.int64)
-    which_a = np.asarray(which, dtype=np.int64)
+        unpack_count = _Q.unpack_from
+        starts: list[int] = []
+        ns: list[int] = []
+        add_start, add_n = starts.append, ns.append
+        pos = start
+        # XGBoost writes the id with the smallest integer marker: 'i' below 127, 'I' below 32767.
+        for lo, hi, id_size in ((0, 127, 1), (127, 32767, 2), (32767, 2**31 - 1, 4)):
+            cache: dict[int, tuple] = {}
+            for _ in range(lo, min(hi, count)):
+                n = unpack_count(buf, pos + _BASE_WEIGHTS_COUNT_AT)[0]
+                entry = cache.get(n)
+                if entry is None:
+                    if not 1 <= n <= MAX_TREE_NODES:
+                        return None
+                    layout = _tree_layout(n, id_size, nf_bytes)
+                    entry = cache[n] = (layout[0].unpack_from, layout[1], layout[2])
+                unpack, expected, size = entry
+                if unpack(buf, pos) != expected:
+                    return None
+                add_start(pos)
+                add_n(n)
+                pos += size
+    except struct.error:  # ran past the end of the buffer
+        return None
+
     n_a = np.asarray(ns, dtype=np.int64)
-    field_offsets = np.asarray([lay[4] for lay in layouts], dtype=np.int64)[which_a]
-    id_offsets = starts_a + np.asarray([lay[3] for lay in layouts], dtype=np.int64)[which_a]
+    total = int(n_a.sum())
+    if total > MAX_TOTAL_NODES:
+        return None
+    starts_a = np.asarray(starts, dtype=np.int64)
+    ts = np.arange(count)
+    id_size = np.where(ts < 127, 1, np.where(ts < 32767, 2, 4))
+    offsets = starts_a[:, None] + _OFF_A + n_a[:, None] * _OFF_B + (id_size[:, None] - 1) * _OFF_C
 
     f = _Forest()
     f.n = n_a
     whole = np.frombuffer(buf, np.uint8)
-    ids = whole[id_offsets].astype(np.int64)  # id_size 1: int8
-    ts = np.arange(count)
-    ids = np.where(ids >= 128, ids - 256, ids)
-    for size in (2, 4):
-        sel = np.flatnonzero(np.where(ts < 127, 1, np.where(ts < 32767, 2, 4)) == size)
+    ids = np.zeros(count, dtype=np.int64)
+    for size in (1, 2, 4):
+        sel = np.flatnonzero(id_size == size)
         if sel.size:
-            raw = whole[id_offsets[sel, None] + np.arange(size)].astype(np.int64)
+            raw = whole[offsets[sel, 0, None] + np.arange(size)].astype(np.int64)
             val = (raw << (8 * np.arange(size - 1, -1, -1))).sum(axis=1)
             ids[sel] = np.where(val >= 1 << (8 * size - 1), val - (1 << (8 * size)), val)
     f.ids = ids
     f.num_feature = np.full(count, int(nf_bytes), dtype=np.int64)
     f.slv = np.ones(count, dtype=np.int64)
     f.num_deleted = np.zeros(count, dtype=np.int64)
-    lens = ns
+    sizes = (4 * n_a).tolist()
     arrays = []
-    for k, (_, item, dtype) in enumerate(_FAST_FIELDS):
-        at = (starts_a + field_offsets[:, k]).tolist()
-        if item == 1:
-            joined = b"".join([buf[a : a + m] for a, m in zip(at, lens)])
-        else:
-            joined = b"".join([buf[a : a + 4 * m] for a, m in zip(at, lens)])
-        arrays.append(np.frombuffer(joined, dtype))
-    f.left, f.right, f.parents, f.split_index, f.split_type = arrays
+    for k, (_, _, dtype) in enumerate(_FAST_FIELDS, start=1):
+        at = offsets[:, k].tolist()
+        joined = b"".join([buf[a : a + m] for a, m in zip(at, sizes)])
+        arrays.append(np.frombuffer(joined, dtype).astype(np.int32))
+    f.left, f.right, f.parents, f.split_index = arrays
+    f.split_type = np.zeros(total, dtype=np.uint8)  # checked byte for byte by the template
     f.leaf_rows = np.zeros(count, dtype=np.int64)
     f.cat_counts = np.zeros(count, dtype=np.int64)
     f.cat_lengths = np.zeros(count, dtype=np.int64)
@@ -639,12 +672,12 @@ def _check_document(doc: Any) -> None:
                 raise _Bad(f"'{key}' has {len(names)} entries for {num_feature} features")
 
     booster = _obj(_get(learner, "gradient_booster", "'learner'"), "'gradient_booster'")
-    name = _get(booster, "name", "'gradient_booster'")
+    name = _string(_get(booster, "name", "'gradient_booster'"), "the gradient booster name")
     if name == "gbtree":
         _check_gbtree(booster, num_feature, n_outputs)
     elif name == "dart":
         inner = _obj(_get(booster, "gbtree", "the dart booster"), "the dart booster's 'gbtree'")
-        if _get(inner, "name", "the dart booster's 'gbtree'") != "gbtree":
+        if _string(_get(inner, "name", "the dart booster's 'gbtree'"), "the dart booster's name") != "gbtree":
             raise _Bad("the dart booster does not wrap a gbtree")
         num_trees = _check_gbtree(inner, num_feature, n_outputs)
         weight_drop = _get(booster, "weight_drop", "the dart booster")
@@ -766,23 +799,28 @@ def _forest_from_dicts(trees: list) -> _Forest:
         n_list[t] = n
         slv[t] = k
         ids[t] = _int(tree["id"], f"{what}'s id")
+        # XGBoost reads either all typed arrays (UBJ as written) or all generic ones (JSON).
         typed = type(tree["parents"]) is np.ndarray
-        i32 = _I32 if typed else None
-        vector_leaf = k > 1
 
-        def same(key: str, expected: int, dtypes: tuple | None) -> None:
-            got = _length(tree[key], f"{what}'s {key}", dtypes if typed else None)
+        def array(key: str, dtypes: tuple) -> Any:
+            value = _get(tree, key, what)
+            if (type(value) is np.ndarray) != typed:
+                raise _Bad(f"{what}'s {key} mixes typed and untyped arrays")
+            return value
+
+        def same(key: str, expected: int, dtypes: tuple) -> None:
+            got = _length(array(key, dtypes), f"{what}'s {key}", dtypes)
             if got != expected:
                 raise _Bad(f"{what}'s {key} has {got} entries, num_nodes is {n}")
 
         for key in ("loss_changes", "sum_hessian", "split_conditions"):
             same(key, n, _F32)
         same("default_left", n, _U8)
-        bw = _length(tree["base_weights"], f"{what}'s base_weights", _F32 if typed else None)
-        if vector_leaf:
+        bw = _length(array("base_weights", _F32), f"{what}'s base_weights", _F32)
+        if k > 1:  # vector leaf
             if bw == 0 or bw % n:
                 raise _Bad(f"{what}'s base_weights has {bw} entries, not a positive multiple of {n} nodes")
-            lw = _length(_get(tree, "leaf_weights", what), f"{what}'s leaf_weights", _F32 if typed else None)
+            lw = _length(array("leaf_weights", _F32), f"{what}'s leaf_weights", _F32)
             if lw == 0 or lw % k:
                 raise _Bad(f"{what}'s leaf_weights has {lw} entries, not a positive multiple of {k} targets")
             leaf_rows[t] = lw // k
@@ -790,22 +828,23 @@ def _forest_from_dicts(trees: list) -> _Forest:
             raise _Bad(f"{what}'s base_weights has {bw} entries, num_nodes is {n}")
 
         for key, name in (("left_children", "left"), ("right_children", "right"), ("parents", "parents")):
-            arr = _ints(tree[key], f"{what}'s {key}", i32)
+            arr = _node_array(array(key, _I32), f"{what}'s {key}", _I32)
             if len(arr) != n:
                 raise _Bad(f"{what}'s {key} has {len(arr)} entries, num_nodes is {n}")
             fields[name].append(arr)
-        arr = _ints(tree["split_indices"], f"{what}'s split_indices", _SPLIT_INDEX_TYPES if typed else None)
+        arr = _node_array(array("split_indices", _SPLIT_INDEX_TYPES), f"{what}'s split_indices",
+                          _SPLIT_INDEX_TYPES)
         if len(arr) != n:
             raise _Bad(f"{what}'s split_indices has {len(arr)} entries, num_nodes is {n}")
         fields["split_index"].append(arr)
 
         if "split_type" in tree:
-            arr = _ints(tree["split_type"], f"{what}'s split_type", _U8 if typed else None)
+            arr = _node_array(array("split_type", _U8), f"{what}'s split_type", _U8)
             if len(arr) != n:
                 raise _Bad(f"{what}'s split_type has {len(arr)} entries, num_nodes is {n}")
             fields["split_type"].append(arr)
             parts = [
-                _ints(_get(tree, key, what), f"{what}'s {key}", _CAT_DTYPES[key] if typed else None)
+                _ints(array(key, _CAT_DTYPES[key]), f"{what}'s {key}", _CAT_DTYPES[key])
                 for key in _CAT_KEYS
             ]
             categories, nodes, segments, sizes = parts
@@ -821,25 +860,47 @@ def _forest_from_dicts(trees: list) -> _Forest:
     f = _Forest()
     f.n, f.ids, f.num_feature, f.slv, f.num_deleted = n_list, ids, nf, slv, nd
     f.left, f.right, f.parents, f.split_index, f.split_type = (
-        _concat(fields[k]) for k in ("left", "right", "parents", "split_index", "split_type")
+        _concat(fields[k], name) for k, name in (
+            ("left", "left_children"), ("right", "right_children"), ("parents", "parents"),
+            ("split_index", "split_indices"), ("split_type", "split_type"))
     )
     f.leaf_rows, f.cat_counts, f.cat_lengths = leaf_rows, cat_counts, cat_lengths
-    f.categories, f.cat_nodes, f.cat_segments, f.cat_sizes = (_concat(cats[k]) for k in _CAT_KEYS)
+    f.categories, f.cat_nodes, f.cat_segments, f.cat_sizes = (_concat(cats[k], k) for k in _CAT_KEYS)
     return f
 
 
-def _concat(parts: list) -> np.ndarray:
+def _node_array(value: Any, what: str, dtypes: tuple) -> Any:
+    """A typed array of ``dtypes``, or a generic list left for _concat to convert in one go."""
+    if type(value) is list:
+        return value
+    return _ints(value, what, dtypes)
+
+
+def _concat(parts: list, what: str) -> np.ndarray:
+    """Concatenate per-tree integer arrays; generic lists are converted (and type-checked) at once."""
     if not parts:
         return np.zeros(0, dtype=np.int64)
-    return np.concatenate([p.astype(np.int64, copy=False) for p in parts])
+    if all(type(p) is list for p in parts):
+        return _int_list(list(chain.from_iterable(parts)), what)
+    return np.concatenate([
+        (_int_list(p, what) if type(p) is list else p).astype(np.int64, copy=False) for p in parts
+    ])
 
 
 # ---- vectorised tree checks ------------------------------------------------------------------------
 
-def _where(mask: np.ndarray, f: _Forest, offsets: np.ndarray, what: str) -> _Bad:
-    g = int(np.flatnonzero(mask)[0])
+def _where(nodes: np.ndarray, offsets: np.ndarray, what: str) -> _Bad:
+    """Name the first offending node: ``nodes`` is a boolean mask or global node indices."""
+    g = int(np.flatnonzero(nodes)[0]) if nodes.dtype == bool else int(nodes[0])
     t = int(np.searchsorted(offsets, g, side="right") - 1)
     return _Bad(f"tree {t}, node {g - int(offsets[t])}: {what}")
+
+
+def _node_ints(arr: np.ndarray, what: str) -> np.ndarray:
+    """Node-indexed integers as native int32 (XGBoost stores them as int32)."""
+    if arr.dtype.itemsize > 4 and arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
+        raise _Bad(f"{what} holds a value outside the 32-bit range XGBoost stores it in")
+    return arr.astype(np.int32, copy=False)
 
 
 def _check_forest(f: _Forest, num_feature: int, n_outputs: int) -> None:
@@ -852,102 +913,125 @@ def _check_forest(f: _Forest, num_feature: int, n_outputs: int) -> None:
     total = int(n.sum())
     offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(n, out=offsets[1:])
-    starts = offsets[:-1]
+    starts = offsets[:-1].astype(np.int32)  # total <= MAX_TOTAL_NODES < 2**31
 
     scalar = f.slv <= 1
-    if not np.all(scalar | (f.slv == n_outputs)):
-        t = int(np.flatnonzero(~(scalar | (f.slv == n_outputs)))[0])
+    vector_ok = scalar | (f.slv == n_outputs)
+    if not vector_ok.all():
+        t = int(np.flatnonzero(~vector_ok)[0])
         raise _Bad(f"tree {t} has vector leaves of size {int(f.slv[t])} for {n_outputs} model outputs")
     if np.any(f.num_deleted >= n):
         raise _Bad("a tree reports more deleted nodes than it has")
 
-    left = f.left.astype(np.int64, copy=False)
-    right = f.right.astype(np.int64, copy=False)
-    parents = f.parents.astype(np.int64, copy=False)
-    tree_n = np.repeat(n, n)
-    base = np.repeat(starts, n)
-    local = np.arange(total, dtype=np.int64) - base
+    left = _node_ints(f.left, "left_children")
+    right = _node_ints(f.right, "right_children")
+    parents = _node_ints(f.parents, "parents")
+    base = np.repeat(starts, n)  # global index of each node's root
 
-    leaf = left == -1
-    internal = ~leaf
-    li, ri, ni = left[internal], right[internal], tree_n[internal]
-    bad = (li < 1) | (li >= ni) | (ri < 1) | (ri >= ni) | (li == ri)
+    internal = left != -1
+    gi = np.flatnonzero(internal).astype(np.int32)
+    li = left[gi]
+    ri = right[gi]
+    room = (np.repeat(n.astype(np.int32), n)[gi] - 1).view(np.uint32)
+    # 1 <= child < n, as one unsigned comparison (child - 1 wraps to a huge value when child < 1)
+    bad = ((li - 1).view(np.uint32) >= room) | ((ri - 1).view(np.uint32) >= room) | (li == ri)
     if bad.any():
-        idx = np.flatnonzero(internal)[np.flatnonzero(bad)[0]]
-        mask = np.zeros(total, dtype=bool)
-        mask[idx] = True
-        raise _where(mask, f, offsets, f"child index out of range (left={int(left[idx])}, right={int(right[idx])}, "
-                     f"{int(tree_n[idx])} nodes)")
-    vector_node = np.repeat(~scalar, n)
-    bad = leaf & ~vector_node & (right != -1)
-    if bad.any():
-        raise _where(bad, f, offsets, "a leaf (left child -1) has a right child")
-    if vector_node.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise _where(gi[k:k + 1], offsets, f"child index out of range (left={int(li[k])}, right={int(ri[k])}, "
+                     f"tree has {int(room[k]) + 1} nodes)")
+    n_leaves = total - gi.size
+    if scalar.all():
+        # internal nodes have right >= 1 (checked above), so this says every leaf has right == -1
+        if np.count_nonzero(right == -1) != n_leaves:
+            raise _where(~internal & (right != -1), offsets, "a leaf (left child -1) has a right child")
+    else:
+        vector_node = np.repeat(~scalar, n)
+        leaf = ~internal
+        if np.any(leaf & ~vector_node & (right != -1)):
+            raise _where(leaf & ~vector_node & (right != -1), offsets, "a leaf (left child -1) has a right child")
         rows = np.repeat(f.leaf_rows, n)
-        bad = leaf & vector_node & ((right < 0) | (right >= rows))
-        if bad.any():
-            raise _where(bad, f, offsets, "a vector leaf points outside leaf_weights")
+        bad_leaf = leaf & vector_node & ((right < 0) | (right >= rows))
+        if bad_leaf.any():
+            raise _where(bad_leaf, offsets, "a vector leaf points outside leaf_weights")
 
-    split_index = f.split_index.astype(np.int64, copy=False)
-    bad = internal & ((split_index < 0) | (split_index >= num_feature))
+    split_index = f.split_index[gi]
+    bad = (split_index < 0) | (split_index >= num_feature)
     if bad.any():
-        raise _where(bad, f, offsets, f"splits on feature {int(split_index[bad][0])}, the model has {num_feature}")
+        k = int(np.flatnonzero(bad)[0])
+        raise _where(gi[k:k + 1], offsets, f"splits on feature {int(split_index[k])}, the model has {num_feature}")
 
-    # Parents: XGBoost dereferences parents[i] for every i >= 1 while loading.
+    # Parents: XGBoost dereferences parents[i] of every non-root node while loading.
     root_parent = parents[starts]
-    if not np.all((root_parent == _ROOT_PARENTS[0]) | (root_parent == _ROOT_PARENTS[1])):
-        t = int(np.flatnonzero((root_parent != -1) & (root_parent != 2**31 - 1))[0])
+    bad_root = (root_parent != _ROOT_PARENTS[0]) & (root_parent != _ROOT_PARENTS[1])
+    if bad_root.any():
+        t = int(np.flatnonzero(bad_root)[0])
         raise _Bad(f"tree {t}: the root has a parent ({int(root_parent[t])})")
-    bad = (local > 0) & ((parents < 0) | (parents >= tree_n))
+    bad = (parents.view(np.uint32) >= np.repeat(n.astype(np.uint32), n))
+    bad[starts] = False
     if bad.any():
-        raise _where(bad, f, offsets, "parent index out of range")
-    gi = np.flatnonzero(internal)
-    gl = base[internal] + li
-    gr = base[internal] + ri
-    owner = local[internal]
-    if np.any(parents[gl] != owner) or np.any(parents[gr] != owner):
-        mask = np.zeros(total, dtype=bool)
-        mask[gi[(parents[gl] != owner) | (parents[gr] != owner)]] = True
-        raise _where(mask, f, offsets, "a child's parent is not the node that points to it")
+        raise _where(bad, offsets, "parent index out of range")
+    b = base[gi]
+    gl = b + li
+    gr = b + ri
+    local = gi - b
+    if np.any(parents[gl] != local) or np.any(parents[gr] != local):
+        bad = (parents[gl] != local) | (parents[gr] != local)
+        raise _where(gi[bad], offsets, "a child's parent is not the node that points to it")
 
-    # Tree shape: every node has at most one parent and no root has one. With that, following
-    # children from a root can never revisit a node, so no cycle is reachable from any root.
-    indegree = np.bincount(np.concatenate((gl, gr)), minlength=total)
-    if indegree.max(initial=0) > 1:
-        raise _where(indegree > 1, f, offsets, "two links point to the same node (not a tree)")
-    if np.any(indegree[starts] != 0):
-        t = int(np.flatnonzero(indegree[starts] != 0)[0])
-        raise _Bad(f"tree {t}: a node points back to the root (cycle)")
-    # Breadth-first from all roots at once: depth cap, and every internal node must be reachable.
-    g_left = base + left
-    g_right = base + right
-    frontier = starts
-    reached = 0
-    depth = 0
-    while frontier.size:
-        frontier = frontier[internal[frontier]]
-        if not frontier.size:
-            break
-        reached += frontier.size
-        depth += 1
-        if depth > MAX_TREE_DEPTH:
-            raise _Bad(f"a tree is deeper than {MAX_TREE_DEPTH} levels")
-        frontier = np.concatenate((g_left[frontier], g_right[frontier]))
-    if reached != gi.size:
-        raise _Bad(f"{gi.size - reached} internal nodes cannot be reached from their tree's root "
+    # Tree shape. Each child names exactly one parent and left != right, so no node has two
+    # incoming links; a root's parent is the "none" sentinel, so no link points to a root. That is
+    # the in-degree argument: following children from a root can never revisit a node, so no cycle
+    # is reachable from a root. What remains: every internal node reachable, and depth bounded
+    # (XGBoost's MaxDepth() recurses once per level).
+    forward = bool(np.all(li > local) and np.all(ri > local))
+    if forward:
+        # Children come after their parent, so there is no cycle at all, and an internal non-root
+        # node is reachable iff it has a parent (induction on the node index).
+        linked = np.count_nonzero(internal[gl]) + np.count_nonzero(internal[gr])
+        unreachable = gi.size - np.count_nonzero(internal[starts]) - linked
+        deep = int(n.max()) > 2 * MAX_TREE_DEPTH + 1  # depth <= internal nodes <= (n - 1) / 2
+    else:
+        unreachable = -1
+        deep = True
+    if deep:
+        reached, depth = _walk(starts, internal, gi, gl, gr, total)
+        unreachable = gi.size - reached
+    if unreachable:
+        raise _Bad(f"{unreachable} internal nodes cannot be reached from their tree's root "
                    "(a detached cycle or subtree)")
 
     _check_categorical(f, offsets, total)
 
 
+def _walk(starts: np.ndarray, internal: np.ndarray, gi: np.ndarray, gl: np.ndarray, gr: np.ndarray,
+          total: int) -> tuple[int, int]:
+    """Breadth-first from all roots at once: (internal nodes reached, depth). Enforces the depth cap."""
+    child_l = np.zeros(total, dtype=np.int32)
+    child_r = np.zeros(total, dtype=np.int32)
+    child_l[gi] = gl
+    child_r[gi] = gr
+    frontier = starts
+    reached = 0
+    depth = 0
+    while True:
+        frontier = frontier[internal[frontier]]
+        if not frontier.size:
+            return reached, depth
+        reached += frontier.size
+        depth += 1
+        if depth > MAX_TREE_DEPTH:
+            raise _Bad(f"a tree is deeper than {MAX_TREE_DEPTH} levels (XGBoost recurses once per level)")
+        frontier = np.concatenate((child_l[frontier], child_r[frontier]))
+
+
 def _check_categorical(f: _Forest, offsets: np.ndarray, total: int) -> None:
     split_type = f.split_type.astype(np.int64, copy=False)
     if split_type.size and (split_type.min() < 0 or split_type.max() > 1):
-        raise _where((split_type < 0) | (split_type > 1), f, offsets, "split_type is neither 0 nor 1")
+        raise _where((split_type < 0) | (split_type > 1), offsets, "split_type is neither 0 nor 1")
     kc = f.cat_counts
     if not kc.any():
         if split_type.any():
-            raise _where(split_type == 1, f, offsets, "a categorical split is missing from categories_nodes")
+            raise _where(split_type == 1, offsets, "a categorical split is missing from categories_nodes")
         return
     count = len(f.n)
     tc = np.repeat(np.arange(count), kc)
@@ -960,7 +1044,7 @@ def _check_categorical(f: _Forest, offsets: np.ndarray, total: int) -> None:
     listed = np.zeros(total, dtype=bool)
     listed[offsets[:-1][tc] + nodes] = True
     if not np.array_equal(listed, split_type == 1):
-        raise _where(listed != (split_type == 1), f, offsets,
+        raise _where(listed != (split_type == 1), offsets,
                      "split_type and categories_nodes disagree on which nodes are categorical")
     segments, sizes = f.cat_segments, f.cat_sizes
     if np.any(sizes < 1) or np.any(segments < 0) or np.any(segments > f.cat_lengths[tc] - sizes):
