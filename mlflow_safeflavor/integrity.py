@@ -112,9 +112,23 @@ def _open_regular(root: Path, name: str) -> int:
     return fd
 
 
-def read_file(root: Path, name: str, *, max_bytes: int | None = None) -> bytes:
-    """Read one file under ``root`` safely and return its bytes (size-capped, never follows links)."""
-    check_relative_name(name, root=root)
+def _check_listed_name(name: str, *, root: Path) -> None:
+    """Names found by walking the directory: any characters, but still no escape from the root."""
+    segments = name.split("/")
+    if name.startswith("/") or "\x00" in name or any(s in ("", ".", "..") for s in segments):
+        raise IntegrityError(f"{root}: refusing the path {name!r}.")
+
+
+def read_file(root: Path, name: str, *, max_bytes: int | None = None, listed: bool = False) -> bytes:
+    """Read one file under ``root`` safely and return its bytes (size-capped, never follows links).
+
+    ``listed`` marks a name that came from walking the directory rather than from MLmodel: such
+    names may hold any characters (``.gitattributes``), but never leave the root.
+    """
+    if listed:
+        _check_listed_name(name, root=root)
+    else:
+        check_relative_name(name, root=root)
     limit = max_bytes if max_bytes is not None else _cap(ENV_MAX_FILE_BYTES, DEFAULT_MAX_FILE_BYTES)
     fd = _open_regular(root, name)
     try:
@@ -147,10 +161,10 @@ class ModelFiles:
         self._total = 0
         self._total_cap = _cap(ENV_MAX_TOTAL_BYTES, DEFAULT_MAX_TOTAL_BYTES)
 
-    def read(self, name: str, *, max_bytes: int | None = None) -> bytes:
+    def read(self, name: str, *, max_bytes: int | None = None, listed: bool = False) -> bytes:
         """Return the bytes of ``root/name``, reading the file on first use only."""
         if name not in self._cache:
-            data = read_file(self.root, name, max_bytes=max_bytes)
+            data = read_file(self.root, name, max_bytes=max_bytes, listed=listed)
             self._total += len(data)
             if self._total > self._total_cap:
                 raise IntegrityError(

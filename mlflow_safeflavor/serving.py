@@ -33,6 +33,16 @@ def create_app() -> Any:
     return _app_for(load_pyfunc(os.environ[ENV_SERVE_MODEL]))
 
 
+def _name_source(exc: Any, local: str, model_uri: str) -> None:
+    """Make a refusal name the model the user gave, not the private copy (deleted on exit)."""
+    uri = os.fspath(model_uri)
+    source = os.path.abspath(uri) if os.path.isdir(uri) else uri.rstrip("/")
+    exc.message = exc.message.replace(local, source)
+    exc.args = (exc.message, *exc.args[1:])
+    if getattr(exc, "path", None):
+        exc.path = exc.path.replace(local, source)
+
+
 def serve(
     model_uri: str,
     *,
@@ -52,12 +62,17 @@ def serve(
     import uvicorn
 
     from mlflow_safeflavor import policy, signing
+    from mlflow_safeflavor.errors import SafeFlavorError
     from mlflow_safeflavor.flavor import _download, load_pyfunc
 
     tmp = tempfile.mkdtemp(prefix="safeflavor-serve-")
     try:
         local = _download(model_uri, tmp)
-        model = load_pyfunc(local, trusted_types=trusted_types, public_key=public_key)
+        try:
+            model = load_pyfunc(local, trusted_types=trusted_types, public_key=public_key)
+        except SafeFlavorError as exc:
+            _name_source(exc, local, model_uri)
+            raise
         if timeout:
             os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(timeout)
         if workers <= 1:

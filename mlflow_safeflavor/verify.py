@@ -66,7 +66,7 @@ def tree_digest(files: integrity.ModelFiles, names: Iterable[str]) -> str:
     """One SHA-256 over every artifact file: ``sha256(name NUL sha256(file) LF ...)``, names sorted."""
     h = hashlib.sha256()
     for name in sorted(names):
-        h.update(name.encode("utf-8") + b"\0" + integrity.sha256_digest(files.read(name)).encode() + b"\n")
+        h.update(name.encode("utf-8") + b"\0" + integrity.sha256_digest(files.read(name, listed=True)).encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 
@@ -143,7 +143,7 @@ def verify_local(
         if name == signing.SIGNATURE_FILE:
             continue
         try:
-            reason = _looks_pickled(name, files.read(name))
+            reason = _looks_pickled(name, files.read(name, listed=True))
         except SafeFlavorError as exc:
             reason = exc.message
         if reason:
@@ -178,7 +178,10 @@ def verify_local(
             result.add("validation", True, "payload structure valid; model builds")
         except SafeFlavorError as exc:
             result.add("validation", False, exc.message)
-    result.tree_digest = tree_digest(files, [n for n in listing if n != signing.SIGNATURE_FILE])
+    try:
+        result.tree_digest = tree_digest(files, [n for n in listing if n != signing.SIGNATURE_FILE])
+    except SafeFlavorError as exc:
+        result.add("files", False, exc.message)
     return result
 
 

@@ -195,3 +195,15 @@ def test_hard_link_and_size_caps(cases, tmp_path, monkeypatch):
     os.link(path / "model.skops", tmp_path / "alias")
     with pytest.raises(sf.IntegrityError, match="hard links"):
         sf.load_model(str(path))
+
+
+def test_signed_dotfiles_are_covered_and_load(cases, keys, tmp_path):
+    """A .gitattributes that was present at signing time is signed like any file."""
+    path = tmp_path / "m"
+    sf.save_model(cases["sk_ridge"].model, path)
+    (path / ".gitattributes").write_text("*.skops binary\n")
+    sf.sign_model(path, keys["good"][0])
+    sf.load_model(str(path), public_key=keys["good"][1])
+    (path / ".gitattributes").write_text("changed\n")
+    with pytest.raises(SignatureError, match=".gitattributes"):
+        sf.load_model(str(path), public_key=keys["good"][1])

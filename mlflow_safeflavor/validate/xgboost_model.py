@@ -766,6 +766,15 @@ _F32 = (">f4",)
 _CAT_DTYPES = {"categories": _I32, "categories_nodes": _I32, "categories_segments": _I64, "categories_sizes": _I64}
 
 
+# Per-node arrays and the typed-array types XGBoost's tree loader asks for when the file is typed.
+_NODE_ARRAYS = (
+    ("left_children", _I32), ("right_children", _I32), ("parents", _I32),
+    ("split_indices", _SPLIT_INDEX_TYPES), ("loss_changes", _F32), ("sum_hessian", _F32),
+    ("split_conditions", _F32), ("default_left", _U8),
+)
+_INT_NODE_ARRAYS = ("left_children", "right_children", "parents", "split_indices")
+
+
 def _forest_from_dicts(trees: list) -> _Forest:
     count = len(trees)
     n_list = np.zeros(count, dtype=np.int64)
@@ -776,16 +785,16 @@ def _forest_from_dicts(trees: list) -> _Forest:
     leaf_rows = np.zeros(count, dtype=np.int64)
     cat_counts = np.zeros(count, dtype=np.int64)
     cat_lengths = np.zeros(count, dtype=np.int64)
-    fields: dict[str, list] = {k: [] for k in ("left", "right", "parents", "split_index", "split_type")}
+    fields: dict[str, list] = {k: [] for k in _INT_NODE_ARRAYS + ("split_type",)}
     cats: dict[str, list] = {k: [] for k in _CAT_KEYS}
+    ndarray = np.ndarray
     total = 0
     for t, tree in enumerate(trees):
         what = f"tree {t}"
         if type(tree) is not dict:
             raise _Bad(f"{what} is not an object")
-        missing = _TREE_KEYS - tree.keys()
-        if missing:
-            raise _Bad(f"{what} has no {sorted(missing)[0]!r}")
+        if not _TREE_KEYS <= tree.keys():
+            raise _Bad(f"{what} has no {sorted(_TREE_KEYS - tree.keys())[0]!r}")
         tp = _obj(tree["tree_param"], f"{what}'s tree_param")
         n = _decimal(_get(tp, "num_nodes", f"{what}'s tree_param"), f"{what}'s num_nodes", 1, MAX_TREE_NODES)
         nf[t] = _decimal(_get(tp, "num_feature", f"{what}'s tree_param"), f"{what}'s num_feature", 0, 2**32 - 1)
@@ -800,69 +809,57 @@ def _forest_from_dicts(trees: list) -> _Forest:
         slv[t] = k
         ids[t] = _int(tree["id"], f"{what}'s id")
         # XGBoost reads either all typed arrays (UBJ as written) or all generic ones (JSON).
-        typed = type(tree["parents"]) is np.ndarray
+        typed = type(tree["parents"]) is ndarray
 
         def array(key: str, dtypes: tuple) -> Any:
             value = _get(tree, key, what)
-            if (type(value) is np.ndarray) != typed:
-                raise _Bad(f"{what}'s {key} mixes typed and untyped arrays")
+            if typed:
+                if type(value) is not ndarray:
+                    raise _Bad(f"{what}'s {key} mixes typed and untyped arrays")
+                if value.dtype.str not in dtypes:
+                    raise _Bad(f"{what}'s {key} is a typed array of the wrong type ({value.dtype.str})")
+            elif type(value) is not list:
+                raise _Bad(f"{what}'s {key} is not an array" + (" (mixes typed and untyped arrays)"
+                                                                  if type(value) is ndarray else ""))
             return value
 
-        def same(key: str, expected: int, dtypes: tuple) -> None:
-            got = _length(array(key, dtypes), f"{what}'s {key}", dtypes)
-            if got != expected:
-                raise _Bad(f"{what}'s {key} has {got} entries, num_nodes is {n}")
-
-        for key in ("loss_changes", "sum_hessian", "split_conditions"):
-            same(key, n, _F32)
-        same("default_left", n, _U8)
-        bw = _length(array("base_weights", _F32), f"{what}'s base_weights", _F32)
+        for key, dtypes in _NODE_ARRAYS:
+            value = array(key, dtypes)
+            if len(value) != n:
+                raise _Bad(f"{what}'s {key} has {len(value)} entries, num_nodes is {n}")
+        for key in _INT_NODE_ARRAYS:
+            fields[key].append(tree[key])
+        bw = len(array("base_weights", _F32))
         if k > 1:  # vector leaf
             if bw == 0 or bw % n:
                 raise _Bad(f"{what}'s base_weights has {bw} entries, not a positive multiple of {n} nodes")
-            lw = _length(array("leaf_weights", _F32), f"{what}'s leaf_weights", _F32)
+            lw = len(array("leaf_weights", _F32))
             if lw == 0 or lw % k:
                 raise _Bad(f"{what}'s leaf_weights has {lw} entries, not a positive multiple of {k} targets")
             leaf_rows[t] = lw // k
         elif bw != n:
             raise _Bad(f"{what}'s base_weights has {bw} entries, num_nodes is {n}")
 
-        for key, name in (("left_children", "left"), ("right_children", "right"), ("parents", "parents")):
-            arr = _node_array(array(key, _I32), f"{what}'s {key}", _I32)
-            if len(arr) != n:
-                raise _Bad(f"{what}'s {key} has {len(arr)} entries, num_nodes is {n}")
-            fields[name].append(arr)
-        arr = _node_array(array("split_indices", _SPLIT_INDEX_TYPES), f"{what}'s split_indices",
-                          _SPLIT_INDEX_TYPES)
-        if len(arr) != n:
-            raise _Bad(f"{what}'s split_indices has {len(arr)} entries, num_nodes is {n}")
-        fields["split_index"].append(arr)
-
         if "split_type" in tree:
-            arr = _node_array(array("split_type", _U8), f"{what}'s split_type", _U8)
-            if len(arr) != n:
-                raise _Bad(f"{what}'s split_type has {len(arr)} entries, num_nodes is {n}")
-            fields["split_type"].append(arr)
-            parts = [
-                _ints(array(key, _CAT_DTYPES[key]), f"{what}'s {key}", _CAT_DTYPES[key])
-                for key in _CAT_KEYS
-            ]
-            categories, nodes, segments, sizes = parts
-            if not len(nodes) == len(segments) == len(sizes):
+            split_type = array("split_type", _U8)
+            if len(split_type) != n:
+                raise _Bad(f"{what}'s split_type has {len(split_type)} entries, num_nodes is {n}")
+            fields["split_type"].append(split_type)
+            parts = [array(key, _CAT_DTYPES[key]) for key in _CAT_KEYS]
+            if not len(parts[1]) == len(parts[2]) == len(parts[3]):
                 raise _Bad(f"{what}'s categories_nodes, categories_segments and categories_sizes differ in length")
-            cat_counts[t] = len(nodes)
-            cat_lengths[t] = len(categories)
-            for key, arr in zip(_CAT_KEYS, parts):
-                cats[key].append(arr)
+            cat_counts[t] = len(parts[1])
+            cat_lengths[t] = len(parts[0])
+            for key, value in zip(_CAT_KEYS, parts):
+                if len(value):
+                    cats[key].append(value)
         else:
-            fields["split_type"].append(np.zeros(n, dtype=np.int64))
+            fields["split_type"].append(np.zeros(n, dtype=np.uint8))
 
     f = _Forest()
     f.n, f.ids, f.num_feature, f.slv, f.num_deleted = n_list, ids, nf, slv, nd
     f.left, f.right, f.parents, f.split_index, f.split_type = (
-        _concat(fields[k], name) for k, name in (
-            ("left", "left_children"), ("right", "right_children"), ("parents", "parents"),
-            ("split_index", "split_indices"), ("split_type", "split_type"))
+        _concat(fields[k], k) for k in _INT_NODE_ARRAYS + ("split_type",)
     )
     f.leaf_rows, f.cat_counts, f.cat_lengths = leaf_rows, cat_counts, cat_lengths
     f.categories, f.cat_nodes, f.cat_segments, f.cat_sizes = (_concat(cats[k], k) for k in _CAT_KEYS)
