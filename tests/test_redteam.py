@@ -214,26 +214,21 @@ def _tree_sizes_wrong(text: str) -> str:
     return "".join(lines)
 
 
-def _lgb_child_out_of_range(text: str) -> str:
-    lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.startswith("left_child="):
-            vals = line.strip().split("=", 1)[1].split()
-            vals[0] = "1000"
-            lines[i] = "left_child=" + " ".join(vals) + "\n"
-            break
-    return "".join(lines).replace("tree_sizes=", "tree_sizes_removed=")  # keep block offsets valid
+def _lgb_first_value(key: str, value: str):
+    """Replace the first value of ``key=`` in tree 0 by a same-width value, so tree_sizes stays true."""
 
+    def edit(text: str) -> str:
+        lines = text.splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if line.startswith(key + "="):
+                vals = line[len(key) + 1 :].rstrip("\n").split(" ")
+                assert len(vals[0]) == len(value), (vals[0], value)
+                vals[0] = value
+                lines[i] = key + "=" + " ".join(vals) + "\n"
+                break
+        return "".join(lines)
 
-def _lgb_feature_out_of_range(text: str) -> str:
-    lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.startswith("split_feature="):
-            vals = line.strip().split("=", 1)[1].split()
-            vals[0] = "4000"
-            lines[i] = "split_feature=" + " ".join(vals).ljust(len(line.strip()) - len("split_feature=")) + "\n"
-            break
-    return "".join(lines).replace("tree_sizes=", "tree_sizes_removed=")
+    return edit
 
 
 def skops_member_edit(case_name: str, edit: Callable[[zipfile.ZipFile, zipfile.ZipFile], None]):
@@ -383,8 +378,8 @@ HOSTILE = [
     Hostile("xgboost-json-child-out-of-range", xgb_json_edit(_child_out_of_range), "MalformedArtifactError", "model.json", predict_on="xgb_clf"),
     Hostile("xgboost-json-cycle", xgb_json_edit(_cycle), "MalformedArtifactError", "model.json", predict_on="xgb_clf"),
     Hostile("lightgbm-wrong-tree-sizes", lgb_text_edit(_tree_sizes_wrong), "MalformedArtifactError", "tree_sizes", predict_on="lgb_reg"),
-    Hostile("lightgbm-child-out-of-range", lgb_text_edit(_lgb_child_out_of_range), "MalformedArtifactError", "child", predict_on="lgb_reg"),
-    Hostile("lightgbm-feature-out-of-range", lgb_text_edit(_lgb_feature_out_of_range), "MalformedArtifactError", "feature", predict_on="lgb_reg"),
+    Hostile("lightgbm-child-out-of-range", lgb_text_edit(_lgb_first_value("left_child", "9")), "MalformedArtifactError", "child", predict_on="lgb_reg"),
+    Hostile("lightgbm-feature-out-of-range", lgb_text_edit(_lgb_first_value("split_feature", "9")), "MalformedArtifactError", "feature", predict_on="lgb_reg"),
     Hostile("sklearn-tree-left-child-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("left_child", "left_child", -1), 10**6)), "MalformedArtifactError", "child index", predict_on="sk_rf_clf"),
     Hostile("sklearn-tree-feature-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("feature", "left_child", -1), 999)), "MalformedArtifactError", "feature index", predict_on="sk_rf_clf"),
     Hostile("hgb-predictor-child-out-of-range", skops_member_edit("sk_hgb_reg", _npy_edit(("left", "is_leaf", 1), 10**6)), "MalformedArtifactError", "child index", predict_on="sk_hgb_reg"),

@@ -83,6 +83,10 @@ class LightGBMCodec:
             text = blobs[names[MODEL_FILE]].decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedArtifactError(f"{path}: model.txt is not UTF-8 text.", path=path) from None
+        from mlflow_safeflavor.validate import lightgbm_model
+
+        # Crafted text (tree_sizes, child or feature indices) crashes LightGBM: check structure first.
+        lightgbm_model.validate(text, path=f"{path}/{names[MODEL_FILE]}")
         booster = _native(lambda: lightgbm.Booster(model_str=text), path)
         if key == "Booster":
             return booster

@@ -64,6 +64,10 @@ class XGBoostCodec:
             raise MalformedArtifactError(
                 f"{path}: expected exactly one of model.ubj/model.json in the recorded files.", path=path
             )
+        from mlflow_safeflavor.validate import xgboost_model
+
+        # Crafted trees crash XGBoost's native parser/predictor: check structure first.
+        xgboost_model.validate(blobs[model_names[0]], model_names[0].rsplit(".", 1)[-1], path=f"{path}/{model_names[0]}")
         raw = bytearray(blobs[model_names[0]])
         if key == "Booster":
             import xgboost
