@@ -31,9 +31,11 @@ What is checked (names follow the model schema XGBoost 3.2 writes):
 * Category encoder (``cats``): offsets, segments and the sorted index are consistent.
 * gblinear: ``weights`` has ``(num_feature + 1) * n_outputs`` entries.
 
-The checks are NumPy over all trees at once. For canonical UBJ (what ``save_raw("ubj")`` writes for
-numeric trees) the tree layout is verified byte for byte against a template per node count and the
-node arrays are sliced out directly, which keeps validation well under the cost of XGBoost's own load.
+The checks are NumPy over all trees at once. UBJ trees are read by the cheapest path that is exact:
+numeric trees as ``save_raw("ubj")`` writes them are compared byte for byte with a template per node
+count and their arrays sliced out directly; other trees in XGBoost's key order (categorical,
+vector-leaf, pruned) have only their headers read; anything else goes through the generic decoder.
+The caps below bound memory and recursion for hostile files; they are far above real models.
 """
 
 from __future__ import annotations
@@ -281,7 +283,7 @@ class _UBJDecoder:
             if self.values > MAX_UBJ_VALUES:
                 raise _Bad("the UBJ model holds too many values")
             if key == "trees" and n:
-                fast = _fast_trees(self, start, n, depth)
+                fast = _fast_trees(self, start, n, depth) or _scan_trees(self, start, n, depth)
                 if fast is not None:
                     return fast
             ints = _int_runs(buf, start, n)
@@ -349,18 +351,9 @@ def _key(name: bytes) -> bytes:
     return b"L" + _Q.pack(len(name)) + name
 
 
-def _typed_header(marker: bytes, count: int) -> bytes:
-    return b"[$" + marker + b"#L" + _Q.pack(count)
-
-
 _ID_MARKER = {1: b"i", 2: b"I", 4: b"l"}
-# Node arrays sliced out of canonical trees: name -> (element size, dtype)
-_FAST_FIELDS = (
-    ("left_children", 4, ">i4"),
-    ("right_children", 4, ">i4"),
-    ("parents", 4, ">i4"),
-    ("split_indices", 4, ">i4"),
-)
+# Node arrays sliced out of canonical trees (all int32), in the order _tree_layout reports them.
+_FAST_FIELDS = ("left_children", "right_children", "parents", "split_indices")
 _BASE_WEIGHTS_COUNT_AT = 1 + 9 + len(b"base_weights") + 5  # "{", key, "[$d#L" -> the int64 count
 
 
@@ -387,6 +380,7 @@ _TP_HEAD = (_key(b"tree_param") + b"{" + _key(b"num_deleted") + b"SL" + _Q.pack(
 _TP_NODES = _key(b"num_nodes") + b"SL"
 _TP_TAIL = _key(b"size_leaf_vector") + b"SL" + _Q.pack(1) + b"1}}"
 _LAYOUTS: dict[tuple, tuple] = {}
+_NODE_BYTES = 34  # payload bytes per node in a canonical numeric tree (10 arrays)
 
 
 def _tree_layout(n: int, id_size: int, num_feature: bytes) -> tuple:
@@ -429,12 +423,13 @@ def _tree_layout(n: int, id_size: int, num_feature: bytes) -> tuple:
         tuple(consts),
         pos + len(tail),
         offsets["id"],
-        tuple(offsets[name] for name, _, _ in _FAST_FIELDS),
+        tuple(offsets[name] for name in _FAST_FIELDS),
         pos,
     )
-    if len(_LAYOUTS) > 4096:
-        _LAYOUTS.clear()
-    _LAYOUTS[cache_key] = layout
+    if n <= 65536:  # templates embed n bytes; keep the shared cache small
+        if len(_LAYOUTS) > 4096:
+            _LAYOUTS.clear()
+        _LAYOUTS[cache_key] = layout
     return layout
 
 
@@ -448,18 +443,6 @@ class _Forest:
     )
 
 
-def _affine_offsets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Offsets of the id and the _FAST_FIELDS payloads in a canonical tree: A + B * n + C * (id_size - 1)."""
-    def at(n: int, id_size: int) -> np.ndarray:
-        layout = _tree_layout(n, id_size, b"0")
-        return np.asarray((layout[3],) + layout[4], dtype=np.int64)
-
-    base, per_node, per_id = at(1, 1), at(2, 1) - at(1, 1), at(1, 2) - at(1, 1)
-    _LAYOUTS.clear()
-    return base - per_node, per_node, per_id
-
-
-_OFF_A, _OFF_B, _OFF_C = _affine_offsets()
 # The tree_param key of tree 0 (id_size 1): then '{', "num_deleted": "0", the num_feature key and "SL".
 _NF_LEN_FROM_TREE_PARAM = len(_key(b"tree_param") + b"{" + _key(b"num_deleted") + b"SL") + 8 + 1 + len(
     _key(b"num_feature") + b"SL")
@@ -471,7 +454,7 @@ def _fast_trees(dec: _UBJDecoder, start: int, count: int, depth: int) -> tuple[_
     Each tree is compared byte for byte (outside its array payloads) with the template XGBoost's
     writer produces for its node count, so the arrays found here are exactly the ones XGBoost's
     reader will see. Anything else (categorical or vector-leaf trees, pruned trees, ...) returns
-    None and goes through the generic decoder.
+    None and goes to _scan_trees, then to the generic decoder.
     """
     buf = dec.buf
     if depth + 2 > MAX_NESTING or count > MAX_TREES:
@@ -479,7 +462,7 @@ def _fast_trees(dec: _UBJDecoder, start: int, count: int, depth: int) -> tuple[_
     try:
         # num_feature string of tree 0 (all trees of a canonical file share it)
         n0 = _Q.unpack_from(buf, start + _BASE_WEIGHTS_COUNT_AT)[0]
-        if not 1 <= n0 <= MAX_TREE_NODES:
+        if not 1 <= n0 <= (len(buf) - start) // _NODE_BYTES:  # the tree must fit in what is left
             return None
         nf_len_at = start + _tree_layout(n0, 1, b"0")[5] + _NF_LEN_FROM_TREE_PARAM
         nf_len = _Q.unpack_from(buf, nf_len_at)[0]
@@ -490,27 +473,44 @@ def _fast_trees(dec: _UBJDecoder, start: int, count: int, depth: int) -> tuple[_
             return None
 
         unpack_count = _Q.unpack_from
-        starts: list[int] = []
         ns: list[int] = []
-        add_start, add_n = starts.append, ns.append
+        add_n = ns.append
+        lefts: list[bytes] = []
+        rights: list[bytes] = []
+        parents: list[bytes] = []
+        splits: list[bytes] = []
+        add_left, add_right, add_parent, add_split = lefts.append, rights.append, parents.append, splits.append
+        id_parts: list[tuple[str, bytes]] = []
         pos = start
         # XGBoost writes the id with the smallest integer marker: 'i' below 127, 'I' below 32767.
-        for lo, hi, id_size in ((0, 127, 1), (127, 32767, 2), (32767, 2**31 - 1, 4)):
+        for lo, hi, id_size, id_dtype in ((0, 127, 1, "i1"), (127, 32767, 2, ">i2"), (32767, 2**31 - 1, 4, ">i4")):
             cache: dict[int, tuple] = {}
+            ids: list[bytes] = []
+            add_id = ids.append
             for _ in range(lo, min(hi, count)):
                 n = unpack_count(buf, pos + _BASE_WEIGHTS_COUNT_AT)[0]
                 entry = cache.get(n)
                 if entry is None:
-                    if not 1 <= n <= MAX_TREE_NODES:
+                    if not 1 <= n <= (len(buf) - pos) // _NODE_BYTES:
                         return None
                     layout = _tree_layout(n, id_size, nf_bytes)
-                    entry = cache[n] = (layout[0].unpack_from, layout[1], layout[2])
-                unpack, expected, size = entry
+                    entry = cache[n] = (layout[0].unpack_from, layout[1], layout[2], layout[3]) + layout[4] + (4 * n,)
+                unpack, expected, size, o_id, o_left, o_right, o_parent, o_split, width = entry
                 if unpack(buf, pos) != expected:
                     return None
-                add_start(pos)
+                add_id(buf[pos + o_id : pos + o_id + id_size])
+                at = pos + o_left
+                add_left(buf[at : at + width])
+                at = pos + o_right
+                add_right(buf[at : at + width])
+                at = pos + o_parent
+                add_parent(buf[at : at + width])
+                at = pos + o_split
+                add_split(buf[at : at + width])
                 add_n(n)
                 pos += size
+            if ids:
+                id_parts.append((id_dtype, b"".join(ids)))
     except struct.error:  # ran past the end of the buffer
         return None
 
@@ -518,38 +518,166 @@ def _fast_trees(dec: _UBJDecoder, start: int, count: int, depth: int) -> tuple[_
     total = int(n_a.sum())
     if total > MAX_TOTAL_NODES:
         return None
-    starts_a = np.asarray(starts, dtype=np.int64)
-    ts = np.arange(count)
-    id_size = np.where(ts < 127, 1, np.where(ts < 32767, 2, 4))
-    offsets = starts_a[:, None] + _OFF_A + n_a[:, None] * _OFF_B + (id_size[:, None] - 1) * _OFF_C
-
     f = _Forest()
     f.n = n_a
-    whole = np.frombuffer(buf, np.uint8)
-    ids = np.zeros(count, dtype=np.int64)
-    for size in (1, 2, 4):
-        sel = np.flatnonzero(id_size == size)
-        if sel.size:
-            raw = whole[offsets[sel, 0, None] + np.arange(size)].astype(np.int64)
-            val = (raw << (8 * np.arange(size - 1, -1, -1))).sum(axis=1)
-            ids[sel] = np.where(val >= 1 << (8 * size - 1), val - (1 << (8 * size)), val)
-    f.ids = ids
+    f.ids = np.concatenate([np.frombuffer(raw, dtype).astype(np.int64) for dtype, raw in id_parts])
+    f.left, f.right, f.parents, f.split_index = (
+        np.frombuffer(b"".join(parts), ">i4").astype(np.int32) for parts in (lefts, rights, parents, splits)
+    )
     f.num_feature = np.full(count, int(nf_bytes), dtype=np.int64)
     f.slv = np.ones(count, dtype=np.int64)
     f.num_deleted = np.zeros(count, dtype=np.int64)
-    sizes = (4 * n_a).tolist()
-    arrays = []
-    for k, (_, _, dtype) in enumerate(_FAST_FIELDS, start=1):
-        at = offsets[:, k].tolist()
-        joined = b"".join([buf[a : a + m] for a, m in zip(at, sizes)])
-        arrays.append(np.frombuffer(joined, dtype).astype(np.int32))
-    f.left, f.right, f.parents, f.split_index = arrays
     f.split_type = np.zeros(total, dtype=np.uint8)  # checked byte for byte by the template
     f.leaf_rows = np.zeros(count, dtype=np.int64)
     f.cat_counts = np.zeros(count, dtype=np.int64)
     f.cat_lengths = np.zeros(count, dtype=np.int64)
     empty = np.zeros(0, dtype=np.int64)
     f.cat_nodes = f.cat_segments = f.cat_sizes = f.categories = empty
+    return f, pos
+
+
+# ---- canonical key order, any counts (categorical, vector-leaf and pruned trees) -----------------
+
+# (field, key bytes, typed-array header up to the count, element size, optional). The keys are in
+# the order XGBoost writes them (std::map); "id" is an integer scalar, "leaf_weights" only exists in
+# vector-leaf trees.
+_SCAN_SCHEMA = tuple(
+    (name, _key(name.encode()), None if marker is None else b"[$" + marker + b"#L", size, name == "leaf_weights")
+    for name, marker, size in (
+        ("base_weights", b"d", 4), ("categories", b"l", 4), ("categories_nodes", b"l", 4),
+        ("categories_segments", b"L", 8), ("categories_sizes", b"L", 8), ("default_left", b"U", 1),
+        ("id", None, 0), ("leaf_weights", b"d", 4), ("left_children", b"l", 4), ("loss_changes", b"d", 4),
+        ("parents", b"l", 4), ("right_children", b"l", 4), ("split_conditions", b"d", 4),
+        ("split_indices", b"l", 4), ("split_type", b"U", 1), ("sum_hessian", b"d", 4),
+    )
+)
+# (key bytes + typed header up to the count, bytes to skip to the count / id marker, element size,
+#  kind: 0 array, 1 id, 2 optional array)
+_SCAN_STEPS = tuple(
+    (key + (head or b""), len(key) + len(head or b""), size, 1 if head is None else (2 if optional else 0))
+    for _name, key, head, size, optional in _SCAN_SCHEMA
+)
+_SCAN_ARRAYS = [name for name, _, head, _, _ in _SCAN_SCHEMA if head is not None]
+_COL = {name: i for i, name in enumerate(_SCAN_ARRAYS)}
+_SCAN_IDS = {0x69: struct.Struct(">b"), 0x49: struct.Struct(">h"), 0x6C: struct.Struct(">i"), 0x4C: struct.Struct(">q")}
+_TP_OPEN = _key(b"tree_param") + b"{"
+_TP_KEYS = tuple(_key(name) + b"SL" for name in (b"num_deleted", b"num_feature", b"num_nodes", b"size_leaf_vector"))
+_NODE_COLS = [_COL[k] for k in ("default_left", "left_children", "loss_changes", "parents", "right_children",
+                                "split_conditions", "split_indices", "split_type", "sum_hessian")]
+
+
+def _scan_trees(dec: _UBJDecoder, start: int, count: int, depth: int) -> tuple[_Forest, int] | None:
+    """Read ``count`` trees whose keys are exactly XGBoost's, in XGBoost's order, typed as it writes
+    them, with any counts. Returns None on anything else (the generic decoder then reports it).
+
+    Only the headers are read; payloads are skipped after checking their length against the bytes
+    left. Accepted bytes are a plain UBJ object XGBoost's reader parses into the same arrays.
+    """
+    buf = dec.buf
+    end = dec.end
+    if depth + 2 > MAX_NESTING or count > MAX_TREES:
+        return None
+    startswith = buf.startswith
+    unpack_count = _Q.unpack_from
+    offsets: list[list[int]] = []
+    counts: list[list[int]] = []
+    ids: list[int] = []
+    params: list[list[int]] = []
+    pos = start
+    try:
+        for _ in range(count):
+            if buf[pos] != 0x7B:
+                return None
+            p = pos + 1
+            offs: list[int] = []
+            cnts: list[int] = []
+            for key_head, skip, size, kind in _SCAN_STEPS:
+                if not startswith(key_head, p):
+                    if kind == 2:  # optional array (leaf_weights) absent
+                        offs.append(0)
+                        cnts.append(-1)
+                        continue
+                    return None
+                p += skip
+                if kind == 1:  # the tree id: an integer scalar
+                    scalar = _SCAN_IDS.get(buf[p])
+                    if scalar is None:
+                        return None
+                    ids.append(scalar.unpack_from(buf, p + 1)[0])
+                    p += 1 + scalar.size
+                    continue
+                c = unpack_count(buf, p)[0]
+                p += 8
+                if c < 0 or p + c * size > end:
+                    return None
+                offs.append(p)
+                cnts.append(c)
+                p += c * size
+            if not startswith(_TP_OPEN, p):
+                return None
+            p += len(_TP_OPEN)
+            values = []
+            for key in _TP_KEYS:
+                if not startswith(key, p):
+                    return None
+                length = unpack_count(buf, p + len(key))[0]
+                p += len(key) + 8
+                if not 1 <= length <= 12:
+                    return None
+                value = buf[p : p + length]
+                if len(value) != length or not value.isdigit():
+                    return None
+                values.append(int(value))
+                p += length
+            if not startswith(b"}}", p):
+                return None
+            offsets.append(offs)
+            counts.append(cnts)
+            params.append(values)
+            pos = p + 2
+    except (struct.error, IndexError):  # ran past the end of the buffer
+        return None
+
+    par = np.asarray(params, dtype=np.int64)
+    nd, nf, n, slv = par[:, 0], par[:, 1], par[:, 2], par[:, 3]
+    C = np.asarray(counts, dtype=np.int64)
+    O = np.asarray(offsets, dtype=np.int64)
+    vector = slv > 1
+    bw = C[:, _COL["base_weights"]]
+    lw = C[:, _COL["leaf_weights"]]
+    total = int(n.sum())
+    if (
+        n.min() < 1 or n.max() > MAX_TREE_NODES or total > MAX_TOTAL_NODES or nf.max() > 2**32 - 1
+        or slv.max() > MAX_OUTPUTS or np.any(nd >= n)
+        or np.any(C[:, _NODE_COLS] != n[:, None])
+        or np.any(~vector & (bw != n)) or np.any(vector & ((bw < 1) | (bw % n != 0)))
+        or np.any(vector & ((lw < 1) | (lw % np.maximum(slv, 1) != 0)))
+        or np.any(C[:, _COL["categories_nodes"]] != C[:, _COL["categories_segments"]])
+        or np.any(C[:, _COL["categories_nodes"]] != C[:, _COL["categories_sizes"]])
+    ):
+        return None  # the generic decoder names the problem
+
+    def gather(name: str, size: int, dtype: str) -> np.ndarray:
+        col = _COL[name]
+        at = O[:, col].tolist()
+        sizes = (C[:, col] * size).tolist()
+        joined = b"".join([buf[a : a + m] for a, m in zip(at, sizes) if m])
+        return np.frombuffer(joined, dtype).astype(np.int64 if size == 8 else np.int32)
+
+    f = _Forest()
+    f.n, f.ids, f.num_feature, f.slv, f.num_deleted = n, np.asarray(ids, dtype=np.int64), nf, slv, nd
+    f.left = gather("left_children", 4, ">i4")
+    f.right = gather("right_children", 4, ">i4")
+    f.parents = gather("parents", 4, ">i4")
+    f.split_index = gather("split_indices", 4, ">i4")
+    f.split_type = gather("split_type", 1, "u1")
+    f.leaf_rows = np.where(vector, lw // np.maximum(slv, 1), 0)
+    f.cat_counts = C[:, _COL["categories_nodes"]].copy()
+    f.cat_lengths = C[:, _COL["categories"]].copy()
+    f.categories = gather("categories", 4, ">i4").astype(np.int64)
+    f.cat_nodes = gather("categories_nodes", 4, ">i4").astype(np.int64)
+    f.cat_segments = gather("categories_segments", 8, ">i8")
+    f.cat_sizes = gather("categories_sizes", 8, ">i8")
     return f, pos
 
 
@@ -866,13 +994,6 @@ def _forest_from_dicts(trees: list) -> _Forest:
     return f
 
 
-def _node_array(value: Any, what: str, dtypes: tuple) -> Any:
-    """A typed array of ``dtypes``, or a generic list left for _concat to convert in one go."""
-    if type(value) is list:
-        return value
-    return _ints(value, what, dtypes)
-
-
 def _concat(parts: list, what: str) -> np.ndarray:
     """Concatenate per-tree integer arrays; generic lists are converted (and type-checked) at once."""
     if not parts:
@@ -907,10 +1028,10 @@ def _check_forest(f: _Forest, num_feature: int, n_outputs: int) -> None:
     if not np.array_equal(np.sort(f.ids), np.arange(count)):
         raise _Bad("the tree ids are not 0..num_trees-1 each once (XGBoost indexes its tree list with them)")
     n = f.n
-    total = int(n.sum())
+    total = int(n.sum())  # <= MAX_TOTAL_NODES < 2**31
     offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(n, out=offsets[1:])
-    starts = offsets[:-1].astype(np.int32)  # total <= MAX_TOTAL_NODES < 2**31
+    starts = offsets[:-1]
 
     scalar = f.slv <= 1
     vector_ok = scalar | (f.slv == n_outputs)
@@ -920,26 +1041,26 @@ def _check_forest(f: _Forest, num_feature: int, n_outputs: int) -> None:
     if np.any(f.num_deleted >= n):
         raise _Bad("a tree reports more deleted nodes than it has")
 
+    # Node values are int32 (as XGBoost stores them); index arrays are intp (fast gathers).
     left = _node_ints(f.left, "left_children")
     right = _node_ints(f.right, "right_children")
     parents = _node_ints(f.parents, "parents")
-    base = np.repeat(starts, n)  # global index of each node's root
-
+    size = np.repeat(n.astype(np.int32), n)  # each node's tree size
+    local = np.arange(total, dtype=np.int32) - np.repeat(starts.astype(np.int32), n)  # index in its tree
     internal = left != -1
-    gi = np.flatnonzero(internal).astype(np.int32)
-    li = left[gi]
-    ri = right[gi]
-    room = (np.repeat(n.astype(np.int32), n)[gi] - 1).view(np.uint32)
-    # 1 <= child < n, as one unsigned comparison (child - 1 wraps to a huge value when child < 1)
-    bad = ((li - 1).view(np.uint32) >= room) | ((ri - 1).view(np.uint32) >= room) | (li == ri)
+    room = (size - 1).view(np.uint32)
+    # 1 <= child < n as one unsigned comparison (child - 1 wraps to a huge value when child < 1)
+    bad = ((left - 1).view(np.uint32) >= room) | ((right - 1).view(np.uint32) >= room) | (left == right)
+    bad &= internal
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise _where(gi[k:k + 1], offsets, f"child index out of range (left={int(li[k])}, right={int(ri[k])}, "
-                     f"tree has {int(room[k]) + 1} nodes)")
-    n_leaves = total - gi.size
+        raise _where(bad, offsets, f"child index out of range (left={int(left[k])}, right={int(right[k])}, "
+                     f"tree has {int(size[k])} nodes)")
+    gi = np.flatnonzero(internal)
+    n_internal = gi.size
     if scalar.all():
         # internal nodes have right >= 1 (checked above), so this says every leaf has right == -1
-        if np.count_nonzero(right == -1) != n_leaves:
+        if np.count_nonzero(right == -1) != total - n_internal:
             raise _where(~internal & (right != -1), offsets, "a leaf (left child -1) has a right child")
     else:
         vector_node = np.repeat(~scalar, n)
@@ -951,28 +1072,46 @@ def _check_forest(f: _Forest, num_feature: int, n_outputs: int) -> None:
         if bad_leaf.any():
             raise _where(bad_leaf, offsets, "a vector leaf points outside leaf_weights")
 
-    split_index = f.split_index[gi]
-    bad = (split_index < 0) | (split_index >= num_feature)
+    split_index = f.split_index
+    if split_index.dtype == np.int32:
+        bad = split_index.view(np.uint32) >= num_feature  # negative wraps to a huge value
+    else:
+        bad = (split_index < 0) | (split_index >= num_feature)
+    bad &= internal
     if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise _where(gi[k:k + 1], offsets, f"splits on feature {int(split_index[k])}, the model has {num_feature}")
+        raise _where(bad, offsets, f"splits on feature {int(split_index[np.flatnonzero(bad)[0]])}, "
+                     f"the model has {num_feature}")
 
-    # Parents: XGBoost dereferences parents[i] of every non-root node while loading.
+    # Parents: XGBoost dereferences parents[i] of every non-root node while loading, and its
+    # GetDepth() (used when pruning) follows them up to the root. XGBoost allocates children after
+    # their parent, so 0 <= parents[i] < i (one unsigned comparison) almost always proves both.
     root_parent = parents[starts]
     bad_root = (root_parent != _ROOT_PARENTS[0]) & (root_parent != _ROOT_PARENTS[1])
     if bad_root.any():
         t = int(np.flatnonzero(bad_root)[0])
         raise _Bad(f"tree {t}: the root has a parent ({int(root_parent[t])})")
-    bad = (parents.view(np.uint32) >= np.repeat(n.astype(np.uint32), n))
-    bad[starts] = False
-    if bad.any():
-        raise _where(bad, offsets, "parent index out of range")
-    b = base[gi]
-    gl = b + li
-    gr = b + ri
-    local = gi - b
-    if np.any(parents[gl] != local) or np.any(parents[gr] != local):
-        bad = (parents[gl] != local) | (parents[gr] != local)
+    backward = parents.view(np.uint32) < local.view(np.uint32)
+    backward[starts] = True
+    if not backward.all():
+        bad = parents.view(np.uint32) >= size.view(np.uint32)
+        bad[starts] = False
+        if bad.any():
+            raise _where(bad, offsets, "parent index out of range")
+        root_of = np.repeat(starts, n)
+        ancestor = root_of + parents
+        ancestor[starts] = starts
+        for _ in range(int(n.max()).bit_length() + 1):
+            ancestor = ancestor[ancestor]
+        if np.any(ancestor != root_of):
+            raise _where(ancestor != root_of, offsets, "following parents never reaches the root (parent cycle)")
+
+    li = left[gi]
+    ri = right[gi]
+    owner = local[gi]
+    gl = gi + (li - owner)  # global index of the children
+    gr = gi + (ri - owner)
+    if np.any(parents[gl] != owner) or np.any(parents[gr] != owner):
+        bad = (parents[gl] != owner) | (parents[gr] != owner)
         raise _where(gi[bad], offsets, "a child's parent is not the node that points to it")
 
     # Tree shape. Each child names exactly one parent and left != right, so no node has two
@@ -980,19 +1119,18 @@ def _check_forest(f: _Forest, num_feature: int, n_outputs: int) -> None:
     # the in-degree argument: following children from a root can never revisit a node, so no cycle
     # is reachable from a root. What remains: every internal node reachable, and depth bounded
     # (XGBoost's MaxDepth() recurses once per level).
-    forward = bool(np.all(li > local) and np.all(ri > local))
-    if forward:
+    if np.all(li > owner) and np.all(ri > owner):
         # Children come after their parent, so there is no cycle at all, and an internal non-root
         # node is reachable iff it has a parent (induction on the node index).
         linked = np.count_nonzero(internal[gl]) + np.count_nonzero(internal[gr])
-        unreachable = gi.size - np.count_nonzero(internal[starts]) - linked
+        unreachable = n_internal - np.count_nonzero(internal[starts]) - linked
         deep = int(n.max()) > 2 * MAX_TREE_DEPTH + 1  # depth <= internal nodes <= (n - 1) / 2
     else:
         unreachable = -1
         deep = True
     if deep:
-        reached, depth = _walk(starts, internal, gi, gl, gr, total)
-        unreachable = gi.size - reached
+        reached, _depth = _walk(starts, internal, gi, gl, gr, total)
+        unreachable = n_internal - reached
     if unreachable:
         raise _Bad(f"{unreachable} internal nodes cannot be reached from their tree's root "
                    "(a detached cycle or subtree)")
@@ -1003,8 +1141,8 @@ def _check_forest(f: _Forest, num_feature: int, n_outputs: int) -> None:
 def _walk(starts: np.ndarray, internal: np.ndarray, gi: np.ndarray, gl: np.ndarray, gr: np.ndarray,
           total: int) -> tuple[int, int]:
     """Breadth-first from all roots at once: (internal nodes reached, depth). Enforces the depth cap."""
-    child_l = np.zeros(total, dtype=np.int32)
-    child_r = np.zeros(total, dtype=np.int32)
+    child_l = np.zeros(total, dtype=np.intp)
+    child_r = np.zeros(total, dtype=np.intp)
     child_l[gi] = gl
     child_r[gi] = gr
     frontier = starts
@@ -1022,14 +1160,14 @@ def _walk(starts: np.ndarray, internal: np.ndarray, gi: np.ndarray, gl: np.ndarr
 
 
 def _check_categorical(f: _Forest, offsets: np.ndarray, total: int) -> None:
-    split_type = f.split_type.astype(np.int64, copy=False)
-    if split_type.size and (split_type.min() < 0 or split_type.max() > 1):
-        raise _where((split_type < 0) | (split_type > 1), offsets, "split_type is neither 0 nor 1")
+    split_type = f.split_type
     kc = f.cat_counts
     if not kc.any():
-        if split_type.any():
-            raise _where(split_type == 1, offsets, "a categorical split is missing from categories_nodes")
+        if split_type.any():  # XGBoost only writes split_type 1 for listed categorical nodes
+            raise _where(split_type != 0, offsets, "split_type is set but categories_nodes is empty")
         return
+    if split_type.size and (split_type.min() < 0 or split_type.max() > 1):
+        raise _where((split_type < 0) | (split_type > 1), offsets, "split_type is neither 0 nor 1")
     count = len(f.n)
     tc = np.repeat(np.arange(count), kc)
     nodes = f.cat_nodes
