@@ -57,7 +57,12 @@ class CatBoostCodec:
         model = cls()
         try:
             model.load_model(blob=blobs[names[0]])
-        except catboost.CatBoostError as exc:
+            # Decode the strings the model carries now (class labels, feature names): a corrupt
+            # byte there would otherwise surface as a UnicodeDecodeError at the first predict.
+            _ = model.feature_names_
+            if hasattr(model, "classes_"):
+                _ = list(model.classes_)
+        except (catboost.CatBoostError, UnicodeDecodeError, ValueError) as exc:
             raise MalformedArtifactError(
                 f"{path}: CatBoost could not parse model.cbm ({str(exc).splitlines()[0][:300]}). "
                 "The file is corrupt or not a CatBoost model; re-save it.",
