@@ -114,15 +114,14 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def _server_process(tmp_path_factory) -> MlflowServer:
-    """Start the server (without waiting for it); stop its whole process group at session end.
+def start_mlflow_server(root: Path, *, app_name: str | None = None, extra_env: dict[str, str] | None = None) -> MlflowServer:
+    """Start ``mlflow server`` on a free port with a sqlite store and proxied artifacts under ``root``.
 
-    Split from :func:`mlflow_server` so that model training can overlap the server's start-up.
+    Does not wait for it (see :func:`wait_healthy`). ``app_name`` is passed as ``--app-name``;
+    ``extra_env`` is added to :func:`_server_env`.
     """
-    root = tmp_path_factory.mktemp("mlflow-server")
     artifacts = root / "artifacts"
-    artifacts.mkdir()
+    artifacts.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = root / "server.log"
@@ -135,29 +134,45 @@ def _server_process(tmp_path_factory) -> MlflowServer:
         "--port", str(port),
         "--workers", "1",
     ]
+    if app_name:
+        cmd += ["--app-name", app_name]
     with open(log, "wb") as log_fh:
         proc = subprocess.Popen(
-            cmd, cwd=root, env=_server_env(), stdout=log_fh, stderr=subprocess.STDOUT,
+            cmd, cwd=root, env={**_server_env(), **(extra_env or {})}, stdout=log_fh, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
+    return MlflowServer(url=url, root=root, artifacts=artifacts, log=log, proc=proc)
+
+
+def wait_healthy(server: MlflowServer, timeout: float = SERVER_TIMEOUT) -> MlflowServer:
+    """Poll ``/health`` until the server answers; fail the test with the log tail if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while not _healthy(server.url):
+        if server.proc.poll() is not None:
+            pytest.fail(f"{server.url} exited with {server.proc.returncode}:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{server.url} not healthy after {timeout:.0f}s:\n{server.log_tail()}")
+        time.sleep(0.25)
+    return server
+
+
+@pytest.fixture(scope="session")
+def _server_process(tmp_path_factory) -> MlflowServer:
+    """Start the server (without waiting for it); stop its whole process group at session end.
+
+    Split from :func:`mlflow_server` so that model training can overlap the server's start-up.
+    """
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        yield MlflowServer(url=url, root=root, artifacts=artifacts, log=log, proc=proc)
+        yield server
     finally:
-        _stop(proc)
+        _stop(server.proc)
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(_server_process) -> MlflowServer:
     """A real MLflow tracking server + model registry with proxied artifact storage, healthy."""
-    server = _server_process
-    deadline = time.monotonic() + SERVER_TIMEOUT
-    while not _healthy(server.url):
-        if server.proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {server.proc.returncode}:\n{server.log_tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"mlflow server not healthy after {SERVER_TIMEOUT:.0f}s:\n{server.log_tail()}")
-        time.sleep(0.25)
-    return server
+    return wait_healthy(_server_process)
 
 
 @pytest.fixture(scope="session")
@@ -257,3 +272,109 @@ def pytest_generate_tests(metafunc):
 def registered(registry, key) -> Registered:
     """The selected model ``key``, logged and registered through the server (once per session)."""
     return registry.get(key)
+
+
+# ----------------------------------------------------------------------------- registry gate
+
+
+GATE_PROTECTED_ALIASES = "champion,production"
+# MLflow only delivers webhooks to http:// and private addresses (our receiver on 127.0.0.1) with
+# these; the webhook list cache (60 s by default) would hide a webhook created after the first event.
+_WEBHOOK_SERVER_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+}
+
+
+@dataclass
+class GateStack:
+    """The registry-gate deployment under test.
+
+    ``gated`` runs ``--app-name safeflavor-gate`` (the synchronous gate; it also requires the
+    gate's signature, ``MLFLOW_SAFEFLAVOR_PUBLIC_KEY``); ``plain`` runs without the plugin but with
+    a webhook registered to the receiver, so the webhook's after-the-fact undo can be observed.
+    """
+
+    gated: MlflowServer
+    plain: MlflowServer
+    receiver_url: str
+    receiver_log: Path
+    secret: str
+    keys: dict[str, Path]
+    webhook_id: str
+
+
+@pytest.fixture(scope="session")
+def gate_keys(tmp_path_factory) -> dict[str, Path]:
+    """The gate's EC P-256 key pair (PEM): ``private`` signs at promotion, ``public`` is the server's policy."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root = tmp_path_factory.mktemp("gate-keys")
+    key = ec.generate_private_key(ec.SECP256R1())
+    priv, pub = root / "gate.pem", root / "gate.pub"
+    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return {"private": priv, "public": pub}
+
+
+def _wait_url(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERVER_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "<no log>"
+            pytest.fail(f"{url} did not come up (rc={proc.poll()}):\n{tail}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def gate_stack(tmp_path_factory, gate_keys) -> GateStack:
+    """Start the gated server, the plain server and the webhook receiver in parallel; register the webhook."""
+    from cryptography.fernet import Fernet
+    from mlflow import MlflowClient
+
+    secret = uuid.uuid4().hex
+    gated = start_mlflow_server(
+        tmp_path_factory.mktemp("gated-server"), app_name="safeflavor-gate",
+        extra_env={"MLFLOW_SAFEFLAVOR_PROTECTED_ALIASES": GATE_PROTECTED_ALIASES,
+                   "MLFLOW_SAFEFLAVOR_PUBLIC_KEY": str(gate_keys["public"])},
+    )
+    # Webhook secrets are stored encrypted with this key; without it each worker makes its own.
+    plain = start_mlflow_server(
+        tmp_path_factory.mktemp("plain-server"),
+        extra_env={**_WEBHOOK_SERVER_ENV, "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()},
+    )
+    receiver_root = tmp_path_factory.mktemp("webhook-receiver")
+    receiver_port = _free_port()
+    receiver_log = receiver_root / "receiver.log"
+    env = {**_server_env(), "MLFLOW_SAFEFLAVOR_WEBHOOK_SECRET": secret}
+    with open(receiver_log, "wb") as fh:
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "mlflow_safeflavor.cli", "webhook", "--host", "127.0.0.1",
+             "--port", str(receiver_port), "--tracking-uri", plain.url,
+             "--protected-aliases", GATE_PROTECTED_ALIASES],
+            cwd=receiver_root, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    try:
+        wait_healthy(gated)
+        wait_healthy(plain)
+        _wait_url(f"{receiver_url}/health", receiver, receiver_log)
+        hook = MlflowClient(tracking_uri=plain.url).create_webhook(
+            name="safeflavor-gate", url=f"{receiver_url}/webhook", secret=secret,
+            events=["model_version.created", "model_version_alias.created", "prompt_alias.created"],
+        )
+        yield GateStack(gated, plain, receiver_url, receiver_log, secret, gate_keys, hook.webhook_id)
+    finally:
+        for proc in (receiver, plain.proc, gated.proc):
+            _stop(proc)

@@ -24,6 +24,7 @@ from mlflow_safeflavor.flavor import (
     save_model,
 )
 from mlflow_safeflavor.record import FLAVOR_NAME
+from mlflow_safeflavor.registry import PromotionRejectedError, promote
 from mlflow_safeflavor.signing import sign_model
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "IntegrityError",
     "InvalidArgumentError",
     "MalformedArtifactError",
+    "PromotionRejectedError",
     "SafeFlavorError",
     "SafeFlavorPyfunc",
     "SignatureError",
@@ -41,6 +43,7 @@ __all__ = [
     "load_model",
     "load_pyfunc",
     "log_model",
+    "promote",
     "save_model",
     "sign_model",
 ]

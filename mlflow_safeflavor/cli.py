@@ -104,6 +104,51 @@ def serve_cmd(model_uri: str, host: str, port: int, workers: int, timeout: int |
           trusted_types=trusted_types, timeout=timeout)
 
 
+@main.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", required=True, help="The alias to give the version once it passes, e.g. champion.")
+@click.option("--public-key", "public_keys", multiple=True, help="PEM public key; the version must carry a valid signature by it (repeatable).")
+@click.option("--signing-key", default=None, type=click.Path(exists=True, dir_okay=False), help="The gate's EC private key (PEM): sign the verified artifacts and upload model.sig.")
+@click.option("--signing-password", default=None, envvar="MLFLOW_SAFEFLAVOR_SIGNING_PASSWORD", help="Password of the signing key, if encrypted.")
+@_trusted_option
+def promote_cmd(name: str, version: str, alias: str, public_keys: tuple[str, ...], signing_key: str | None,
+                signing_password: str | None, trusted_types: str | None) -> None:
+    """Verify, smoke-test, optionally sign and tag model version NAME/VERSION, then set --alias.
+
+    A version that fails is tagged safeflavor.rejected with the reason, gets no alias, and the
+    command exits 1.
+    """
+    from mlflow_safeflavor.registry import promote
+
+    result = promote(name, version, alias, public_key=list(public_keys) or None, signing_key=signing_key,
+                     signing_password=signing_password, trusted_types=trusted_types)
+    click.echo(f"promoted {result.name} version {result.version} to @{result.alias} "
+               f"(safeflavor.verified={result.digest}{', signed' if result.signed else ''})")
+
+
+@main.command("webhook")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--secret", required=True, envvar="MLFLOW_SAFEFLAVOR_WEBHOOK_SECRET", help="The webhook's HMAC secret (prefer the environment variable MLFLOW_SAFEFLAVOR_WEBHOOK_SECRET).")
+@click.option("--tracking-uri", default=None, help="The MLflow server to tag versions on (default: MLFLOW_TRACKING_URI).")
+@click.option("--public-key", "public_keys", multiple=True, help="PEM public key; versions must carry a valid signature by it (repeatable).")
+@click.option("--protected-aliases", default=None, help="Comma-separated aliases to guard (default: MLFLOW_SAFEFLAVOR_PROTECTED_ALIASES or champion,production).")
+@click.option("--window", default=300, show_default=True, type=float, help="Seconds a delivery timestamp may be off; delivery ids are remembered this long.")
+@_trusted_option
+def webhook_cmd(host: str, port: int, secret: str, tracking_uri: str | None, public_keys: tuple[str, ...],
+                protected_aliases: str | None, window: float, trusted_types: str | None) -> None:
+    """Receive MLflow webhooks: verify new versions, remove protected aliases from unverified ones.
+
+    Register it with MlflowClient().create_webhook(name, "http(s)://HOST:PORT/webhook",
+    events=["model_version.created", "model_version_alias.created", "prompt_alias.created"], secret=...).
+    """
+    from mlflow_safeflavor.registry.webhook import serve
+
+    serve(secret=secret, host=host, port=port, tracking_uri=tracking_uri, public_key=list(public_keys) or None,
+          trusted_types=trusted_types, protected=protected_aliases, window=window)
+
+
 @main.command("demo")
 @click.option("--dir", "directory", default="demo-mlruns", show_default=True, help="Where the local MLflow store goes.")
 def demo_cmd(directory: str) -> None:

@@ -335,11 +335,19 @@ def _load_local(
     return model, prep
 
 
-def _download(model_uri: str, dst_path: str | None = None) -> str:
+def _download(model_uri: str, dst_path: str | None = None, *, check_registry: bool = False) -> str:
     from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
     if not isinstance(model_uri, (str, os.PathLike)):
         raise InvalidArgumentError(f"model_uri must be a string, got {type(model_uri).__name__}.")
+    # models:/name@alias and models:/name/version: resolved once and downloaded as exactly the
+    # stored files (MLflow's own models:/ download adds a registered_model_meta file no signature
+    # covers); with check_registry, also compared with the version's safeflavor.verified tag.
+    from mlflow_safeflavor.registry.store import download_registered
+
+    local = download_registered(os.fspath(model_uri), dst_path, check_tag=check_registry)
+    if local is not None:
+        return local
     return _download_artifact_from_uri(artifact_uri=os.fspath(model_uri), output_path=dst_path)
 
 
@@ -357,9 +365,10 @@ def load_model(
     ``MLFLOW_SAFEFLAVOR_TRUSTED_TYPES``, minus the hard-deny list). Refusals raise a
     SafeFlavorError subclass that names the file, the problem and the fix. With ``public_key`` (a
     PEM path or several) or ``MLFLOW_SAFEFLAVOR_PUBLIC_KEY`` set, a valid signature over the whole
-    directory is mandatory.
+    directory is mandatory. For ``models:/name@alias`` and ``models:/name/version`` the version's
+    artifacts must still match its ``safeflavor.verified`` tag when the registry gate set one.
     """
-    model, _ = _load_local(_download(model_uri, dst_path), trusted_types, public_key)
+    model, _ = _load_local(_download(model_uri, dst_path, check_registry=True), trusted_types, public_key)
     return model
 
 
@@ -374,12 +383,13 @@ def load_pyfunc(
 
     Unlike ``mlflow.pyfunc.load_model`` it never reads or imports the ``loader_module`` written in
     MLmodel, so it is the way to load a model whose directory you do not trust; signature
-    enforcement and ``params`` work as in MLflow.
+    enforcement and ``params`` work as in MLflow. Registry URIs get the ``safeflavor.verified``
+    check of :func:`load_model`.
     """
     from mlflow.models import Model
     from mlflow.pyfunc import PyFuncModel
 
-    model, prep = _load_local(_download(model_uri, dst_path), trusted_types, public_key)
+    model, prep = _load_local(_download(model_uri, dst_path, check_registry=True), trusted_types, public_key)
     try:
         meta = Model.from_dict(prep.mlmodel)
     except Exception as exc:

@@ -1,0 +1,93 @@
+"""Cost of structural validation against the raw library load (not a test).
+
+Prints a markdown table: for a 500-tree model per format, the median time of our pure-Python
+validation and of the library's own load from the same bytes, and their ratio (target ≤ 30%).
+
+    .venv/bin/python benchmarks/bench_validation.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+
+def _median(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--trees", type=int, default=500)
+    args = parser.parse_args()
+    reps = 5 if args.quick else 15
+    n_trees = 100 if args.quick else args.trees
+
+    import catboost
+    import lightgbm
+    import skops.io as sio
+    import xgboost
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    from mlflow_safeflavor.validate import catboost_model, lightgbm_model, sklearn_trees, skops_zip, xgboost_model
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5000, 20))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    rows = []
+
+    booster = xgboost.train({"max_depth": 6, "objective": "binary:logistic"}, xgboost.DMatrix(X, y), n_trees)
+    for fmt in ("ubj", "json"):
+        data = bytes(booster.save_raw(fmt))
+        raw = _median(lambda: xgboost.Booster(model_file=bytearray(data)), reps)
+        val = _median(lambda: xgboost_model.validate(data, fmt, path="model." + fmt), reps)
+        rows.append((f"XGBoost {fmt.upper()} ({n_trees} trees, depth 6)", len(data), raw, val))
+
+    lgb = lightgbm.train({"num_leaves": 63, "verbose": -1, "objective": "binary"}, lightgbm.Dataset(X, y), n_trees)
+    text = lgb.model_to_string()
+    raw = _median(lambda: lightgbm.Booster(model_str=text), reps)
+    val = _median(lambda: lightgbm_model.validate(text, path="model.txt"), reps)
+    rows.append((f"LightGBM text ({n_trees} trees, 63 leaves)", len(text), raw, val))
+
+    cb = catboost.CatBoostClassifier(iterations=n_trees, depth=6, verbose=0, allow_writing_files=False).fit(X, y)
+    path = "/tmp/bench-validation.cbm"
+    cb.save_model(path)
+    blob = open(path, "rb").read()
+    raw = _median(lambda: catboost.CatBoostClassifier().load_model(blob=blob), reps)
+    val = _median(lambda: catboost_model.validate(blob, path="model.cbm"), reps)
+    rows.append((f"CatBoost cbm ({n_trees} trees, depth 6)", len(blob), raw, val))
+
+    for name, est in (
+        (f"sklearn RandomForest ({min(n_trees, 200)} trees)", RandomForestClassifier(min(n_trees, 200), max_depth=12, n_jobs=1, random_state=0)),
+        (f"sklearn HistGradientBoosting ({n_trees} iters)", HistGradientBoostingClassifier(max_iter=n_trees, early_stopping=False)),
+    ):
+        est.fit(X, y)
+        data = sio.dumps(est)
+        trusted = sio.get_untrusted_types(data=data)
+        raw = _median(lambda: sio.loads(data, trusted=trusted), max(3, reps // 3))
+        model = sio.loads(data, trusted=trusted)
+        val = _median(lambda: (skops_zip.check(data, path="model.skops"), sklearn_trees.check_estimator(model, path="model.skops")), max(3, reps // 3))
+        rows.append((name + " (zip checks + tree arrays)", len(data), raw, val))
+
+    print("| payload | bytes | raw library load | our validation | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for name, size, raw, val in rows:
+        print(f"| {name} | {size:,} | {raw * 1e3:.2f} ms | {val * 1e3:.2f} ms | {val / raw:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

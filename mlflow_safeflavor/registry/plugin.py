@@ -1,0 +1,172 @@
+"""The ``safeflavor-gate`` ``mlflow.app`` plugin: the tracking server itself refuses unverified promotions.
+
+``mlflow server --app-name safeflavor-gate`` looks up the entry point ``mlflow.app:safeflavor-gate``
+(:func:`create_app`), calls it once per worker (uvicorn ``--factory``), and serves what it returns.
+Like MLflow's own ``basic-auth`` app, it adds a ``before_request`` hook to MLflow's Flask app and,
+under uvicorn (the default server in MLflow 3), wraps that Flask app in MLflow's FastAPI app with
+``create_fastapi_app``; under gunicorn/waitress it returns the Flask app.
+
+The hook looks only at requests Flask routes to ``_set_registered_model_alias`` — in MLflow 3.17
+``POST /api/2.0/mlflow/registered-models/alias`` and ``POST /ajax-api/2.0/...`` (the UI), with any
+static prefix; there is no 3.0 variant and no native FastAPI or GraphQL route that sets an alias.
+Matching Flask's resolved endpoint (not a path string) keeps it correct across prefixes and
+versions, and the body is parsed with MLflow's own request parser, so the gate and the handler
+cannot read different names. For a protected alias the version must carry a ``safeflavor.verified``
+tag equal to the digest of its current artifacts (downloaded server-side from the artifact store),
+pass the full verification under the server's policy (``MLFLOW_SAFEFLAVOR_PUBLIC_KEY``,
+``MLFLOW_SAFEFLAVOR_TRUSTED_TYPES``) and, unless ``MLFLOW_SAFEFLAVOR_GATE_SMOKE_TEST=false``, the
+subprocess smoke test; otherwise the answer is 403 ``PERMISSION_DENIED``. Every other request
+passes through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from typing import Any
+
+_logger = logging.getLogger(__name__)
+ALIAS_ENDPOINT = "_set_registered_model_alias"
+_INSTALLED_FLAG = "SAFEFLAVOR_GATE_INSTALLED"
+
+
+def create_app(app: Any = None) -> Any:
+    """The ``mlflow.app`` factory: MLflow's server app with the alias gate installed.
+
+    ``app`` defaults to MLflow's Flask app (``mlflow.server.app``). Returns MLflow's FastAPI
+    wrapper around it when the server runs under uvicorn, the Flask app otherwise.
+    """
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+
+    if app is None:
+        from mlflow.server import app as flask_app
+
+        app = flask_app
+    install(app)
+    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+        from mlflow.server.fastapi_app import create_fastapi_app
+
+        return create_fastapi_app(app)
+    return app
+
+
+def install(app: Any) -> None:
+    """Add the gate's ``before_request`` hook to a Flask app serving MLflow's handlers (once).
+
+    Use it to combine the gate with another app plugin, e.g. ``basic-auth``: call that plugin's
+    factory first (so authentication runs before the gate's work) and then ``install(flask_app)``.
+    """
+    from mlflow_safeflavor.registry.core import protected_aliases, smoke_enabled
+
+    if app.config.get(_INSTALLED_FLAG):
+        return
+    protected = protected_aliases()
+    smoke = smoke_enabled()
+
+    def _safeflavor_gate() -> Any:
+        from flask import request
+
+        if request.endpoint != ALIAS_ENDPOINT:
+            return None
+        return _guard_alias_request(protected, smoke)
+
+    app.before_request(_safeflavor_gate)
+    app.config[_INSTALLED_FLAG] = True
+    _logger.info("safeflavor-gate: protected aliases %s (smoke test %s)", sorted(protected), "on" if smoke else "off")
+
+
+def _guard_alias_request(protected: frozenset[str], smoke: bool) -> Any:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.model_registry_pb2 import SetRegisteredModelAlias
+    from mlflow.server.handlers import _get_request_message
+
+    from mlflow_safeflavor.registry.core import is_protected
+
+    try:
+        message = _get_request_message(SetRegisteredModelAlias())
+    except MlflowException as exc:
+        # The handler would fail the same way with the same parser; answer as it would.
+        return _json_response(exc.get_http_status_code(), json.loads(exc.serialize_as_json()))
+    name, alias, version = message.name, message.alias, message.version
+    if not is_protected(alias, protected):
+        return None
+    try:
+        refusal = check_version_server_side(name, version, alias, smoke=smoke)
+    except Exception as exc:  # fail closed: an alias the gate cannot check is not set
+        _logger.exception("safeflavor-gate: checking %s version %s failed", name, version)
+        refusal = (f"the gate could not verify model {name!r} version {version} "
+                   f"({type(exc).__name__}: {str(exc)[:300]}); the alias was not set")
+    if refusal is None:
+        _logger.info("safeflavor-gate: allowed @%s -> %s version %s", alias, name, version)
+        return None
+    _logger.warning("safeflavor-gate: refused @%s -> %s version %s: %s", alias, name, version, refusal)
+    return _json_response(403, {"error_code": "PERMISSION_DENIED", "message": refusal})
+
+
+def check_version_server_side(name: str, version: str, alias: str, *, smoke: bool = True) -> str | None:
+    """Decide, inside the tracking server, whether ``name``/``version`` may hold ``alias``.
+
+    Returns None to allow, or the refusal message naming the model version, the problem and the
+    fix. Reads the registry store and the artifact store directly (not over HTTP).
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.handlers import _get_model_registry_store
+
+    from mlflow_safeflavor.registry.core import TAG_VERIFIED, evaluate
+
+    store = _get_model_registry_store()
+    fix = (f"run `mlflow-safeflavor promote {name} {version} --alias {alias}` (it verifies, tags and "
+           "sets the alias), or promote a version that passes it")
+    try:
+        mv = store.get_model_version(name=name, version=version)
+        uri = store.get_model_version_download_uri(name, version)
+    except MlflowException as exc:
+        return f"model {name!r} version {version!r} cannot be read ({str(exc.message)[:200]}); no alias was set"
+    if _is_prompt_version(store, name, uri):
+        return None
+    expected = (mv.tags or {}).get(TAG_VERIFIED)
+    if not expected:
+        return (f"@{alias} is a protected alias and model {name!r} version {version} has no "
+                f"{TAG_VERIFIED} tag. Fix: {fix}.")
+    with tempfile.TemporaryDirectory(prefix="safeflavor-gate-") as tmp:
+        local = _download_server_side(uri, tmp)
+        verdict = evaluate(local, label=f"models:/{name}/{version}", expected_digest=expected, smoke=smoke)
+    if verdict.ok:
+        return None
+    return (f"@{alias} is a protected alias and model {name!r} version {version} fails the "
+            f"safeflavor gate: {verdict.reason}. Fix: {fix}.")
+
+
+def _is_prompt_version(store: Any, name: str, uri: Any) -> bool:
+    """A prompt version has no artifacts (its source is MLflow's placeholder): nothing to load or verify.
+
+    Both conditions are required: a model flagged as a prompt by a tag still has its artifacts
+    checked when its version points at real storage.
+    """
+    from mlflow_safeflavor.registry.core import is_prompt_placeholder
+
+    return is_prompt_placeholder(uri) and bool(store.get_registered_model(name=name)._is_prompt())
+
+
+def _download_server_side(uri: str, dst: str) -> str:
+    """Download the artifacts at ``uri`` as the server's own artifact handlers resolve them."""
+    from mlflow.server import handlers
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+
+    if uri.startswith("models:/"):
+        model_id = _parse_model_uri(uri).model_id
+        uri = handlers._get_tracking_store().get_logged_model(model_id).artifact_location
+    if handlers._is_servable_proxied_run_artifact_root(uri):
+        repo = handlers._get_artifact_repo_mlflow_artifacts()
+        path = handlers._get_proxied_run_artifact_destination_path(proxied_artifact_root=uri)
+        scope = getattr(handlers, "_get_workspace_scoped_repo_path_if_enabled", None)
+        path = scope(path) if scope else path
+        return repo.download_artifacts(path, dst)
+    return handlers._get_artifact_repository_for_uri(uri).download_artifacts("", dst)
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Any:
+    from flask import Response
+
+    return Response(json.dumps(body), status=status, mimetype="application/json")
