@@ -133,7 +133,10 @@ def read_file(root: Path, name: str, *, max_bytes: int | None = None, listed: bo
     fd = _open_regular(root, name)
     try:
         with os.fdopen(fd, "rb", closefd=True) as fh:
-            data = fh.read(limit + 1)
+            # Ask for what the file holds (plus one byte to notice growth), not for the cap:
+            # CPython reserves the requested size up front.
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(min(limit, size) + 1)
     except OSError as exc:
         raise IntegrityError(f"{root / name}: read failed ({exc.strerror}).") from None
     if len(data) > limit:

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -27,8 +28,10 @@ from typing import Any, Callable, Iterable, Iterator
 _POLICY_ENV = ("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", "MLFLOW_SAFEFLAVOR_PUBLIC_KEY")
 
 # Per-Python-worker state (this module is imported by reference on executors, so these survive
-# across the tasks a reused worker runs): UDF token -> loaded PyFuncModel, and -> key files.
-_MODELS: dict[str, Any] = {}
+# across the tasks a reused worker runs): UDF token -> loaded PyFuncModel (the most recently used
+# few), and -> key files.
+_MODELS: OrderedDict[str, Any] = OrderedDict()
+_MAX_MODELS = 8
 _KEY_DIRS: dict[str, list[str]] = {}
 _LOCK = threading.Lock()
 
@@ -76,7 +79,7 @@ def spark_udf(
 
     from mlflow_safeflavor import policy, signing
     from mlflow_safeflavor.codecs.base import PREDICT_METHODS
-    from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError
+    from mlflow_safeflavor.errors import IntegrityError, InvalidArgumentError, MalformedArtifactError
     from mlflow_safeflavor.flavor import _download, model_root, prepare
 
     if env_manager != "local":
@@ -106,10 +109,13 @@ def spark_udf(
     dst = tempfile.mkdtemp(prefix="safeflavor-spark-")
     atexit.register(shutil.rmtree, dst, True)
     root = model_root(_download(model_uri, dst))
-    # Verify on the driver (no model is built): a refused model fails here, not in a task.
+    # Verify on the driver (no model is built): a refused model fails here, not in a task. The
+    # MLmodel digest pinned for the executors is taken on both sides of the check.
+    mlmodel_sha = _sha256_file(root / "MLmodel")
     prep = prepare(root, trusted_types=list(trusted), public_key=[str(p) for p in key_paths] or None)
     policy.enforce(prep.decision, path=str(root))
-    mlmodel_sha = _sha256_file(root / "MLmodel")
+    if _sha256_file(root / "MLmodel") != mlmodel_sha:
+        raise IntegrityError(f"{root}/MLmodel changed while it was being verified.", path=str(root))
     try:
         meta = Model.from_dict(prep.mlmodel)
     except Exception as exc:
@@ -249,13 +255,15 @@ def _score(spec: _UdfSpec, iterator: Iterator[Any]) -> Iterator[Any]:
 
 def _worker_model(spec: _UdfSpec) -> Any:
     """The model for ``spec`` in this Python worker, verified and loaded on first use."""
-    model = _MODELS.get(spec.token)
-    if model is not None:
-        return model
     with _LOCK:
-        if spec.token not in _MODELS:
-            _MODELS[spec.token] = _load_on_worker(spec)
-        return _MODELS[spec.token]
+        if spec.token in _MODELS:
+            _MODELS.move_to_end(spec.token)
+            return _MODELS[spec.token]
+        model = _load_on_worker(spec)
+        _MODELS[spec.token] = model
+        while len(_MODELS) > _MAX_MODELS:
+            _MODELS.popitem(last=False)
+        return model
 
 
 def _load_on_worker(spec: _UdfSpec) -> Any:

@@ -45,8 +45,9 @@ class LightGBMCodec:
 
         key = class_key(self.classes, model)
         booster = model if key == "Booster" else model.booster_
-        (directory / f"{prefix}{MODEL_FILE}").write_text(
-            booster.model_to_string(num_iteration=-1), encoding="utf-8"
+        # Bytes, not text mode: newline translation would break LightGBM's tree_sizes offsets.
+        (directory / f"{prefix}{MODEL_FILE}").write_bytes(
+            booster.model_to_string(num_iteration=-1).encode("utf-8")
         )
         files = [f"{prefix}{MODEL_FILE}"]
         if key != "Booster":
@@ -135,7 +136,7 @@ def _native(fn, path: str) -> Any:
 
     try:
         return fn()
-    except lightgbm.basic.LightGBMError as exc:
+    except (lightgbm.basic.LightGBMError, ValueError) as exc:
         raise MalformedArtifactError(
             f"{path}: LightGBM could not parse model.txt ({str(exc).splitlines()[0][:300]}). "
             "The file is corrupt or not a LightGBM model; re-save it.",

@@ -38,8 +38,8 @@ def looks_like_pickle(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def _npy_has_objects(buf: bytes) -> bool:
-    fh = io.BytesIO(buf)
+def _npy_has_objects(fh: Any) -> bool:
+    """Read only the .npy header from ``fh`` and say whether its dtype holds Python objects."""
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -119,23 +119,30 @@ def check(data: bytes, *, path: str) -> None:
 
 
 def _check_member(zf: zipfile.ZipFile, name: str) -> None:
-    buf = zf.read(name)
+    # Only headers are read: the whole payload's digest was already checked, and reading every
+    # array here would double the cost of loading.
     if name.endswith(".npy"):
-        if _npy_has_objects(buf):
-            raise MalformedArtifactError(
-                f"model.skops member {name!r} is an object-dtype array, which numpy stores as a "
-                "pickle; refused."
-            )
+        with zf.open(name) as fh:
+            if _npy_has_objects(fh):
+                raise MalformedArtifactError(
+                    f"model.skops member {name!r} is an object-dtype array, which numpy stores as a "
+                    "pickle; refused."
+                )
     elif name.endswith(".npz"):
-        inner = zipfile.ZipFile(io.BytesIO(buf))
+        inner = zipfile.ZipFile(io.BytesIO(zf.read(name)))
         if len(inner.infolist()) > 64:
             raise ValueError("too many arrays")
         for info in inner.infolist():
             if info.file_size > MAX_UNCOMPRESSED_BYTES:
                 raise ValueError("too big")
-            if not info.filename.endswith(".npy") or _npy_has_objects(inner.read(info.filename)):
-                raise MalformedArtifactError(
-                    f"model.skops member {name!r} holds a non-numeric or pickled array; refused."
-                )
-    elif looks_like_pickle(buf[:2]):
-        raise MalformedArtifactError(f"model.skops member {name!r} is a pickle stream; refused.")
+            if not info.filename.endswith(".npy"):
+                raise MalformedArtifactError(f"model.skops member {name!r} holds a non-array member; refused.")
+            with inner.open(info.filename) as fh:
+                if _npy_has_objects(fh):
+                    raise MalformedArtifactError(
+                        f"model.skops member {name!r} holds a pickled (object-dtype) array; refused."
+                    )
+    else:
+        with zf.open(name) as fh:
+            if looks_like_pickle(fh.read(2)):
+                raise MalformedArtifactError(f"model.skops member {name!r} is a pickle stream; refused.")
