@@ -67,7 +67,7 @@ def serve(
 
     tmp = tempfile.mkdtemp(prefix="safeflavor-serve-")
     try:
-        local = _download(model_uri, tmp)
+        local = _download(model_uri, tmp, check_registry=True)
         try:
             model = load_pyfunc(local, trusted_types=trusted_types, public_key=public_key)
         except SafeFlavorError as exc:
