@@ -27,7 +27,7 @@ so it gets fewer repetitions than the other contenders.
 
 Usage::
 
-    python benchmarks/bench_core.py            # full run (~4-5 min on 2 cores)
+    python benchmarks/bench_core.py            # full run (~4 min on an idle 2-core box, est.; longer under load)
     python benchmarks/bench_core.py --quick    # fewer reps (~1-2 min)
     python benchmarks/bench_core.py --models rf,xgb --json out.json
     python benchmarks/bench_core.py --quick --profile   # + cProfile of our save/load per model
@@ -265,8 +265,7 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
 
     res: dict[str, Any] = {"key": b.key, "label": b.label, "raw_desc": b.raw_desc}
     X1 = b.X.iloc[:1]
-    Xbig = b.X.columns.to_list()
-    Xbig = _data(N_BIG, seed=1)[0][Xbig]
+    Xbig = _data(N_BIG, seed=1)[0][list(b.X.columns)]
     example = b.X.iloc[:5]
 
     # Warm-up (untimed): first calls import codecs/flavors. These copies carry input_example, so
@@ -280,25 +279,27 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
     b.raw_save(b.model, raw_warm)
     sf.load_model(ours_ex), b.builtin.load_model(builtin_ex), b.raw_load(raw_warm)
 
-    # ---- save
+    # ---- save (target paths made before timing; each call takes the next one)
+    todo = {
+        "ours": [paths.new(f"{b.key}-ours") for _ in range(cfg.save_reps)],
+        "builtin": [paths.new(f"{b.key}-builtin") for _ in range(cfg.builtin_save_reps)],
+        "raw": [os.path.join(paths.new(f"{b.key}-raw"), b.raw_file) for _ in range(cfg.save_reps)],
+    }
+    for raw_target in todo["raw"]:
+        os.mkdir(os.path.dirname(raw_target))
     saved: dict[str, list[str]] = {"ours": [], "builtin": [], "raw": []}
 
     def save_ours() -> None:
-        p = paths.new(f"{b.key}-ours")
-        saved["ours"].append(p)
-        sf.save_model(b.model, p)
+        sf.save_model(b.model, todo["ours"][len(saved["ours"])])
+        saved["ours"].append(todo["ours"][len(saved["ours"])])
 
     def save_builtin() -> None:
-        p = paths.new(f"{b.key}-builtin")
-        saved["builtin"].append(p)
-        b.builtin.save_model(b.model, p, **b.builtin_kwargs)
+        b.builtin.save_model(b.model, todo["builtin"][len(saved["builtin"])], **b.builtin_kwargs)
+        saved["builtin"].append(todo["builtin"][len(saved["builtin"])])
 
     def save_raw() -> None:
-        d = paths.new(f"{b.key}-raw")
-        os.mkdir(d)
-        p = os.path.join(d, b.raw_file)
-        saved["raw"].append(p)
-        b.raw_save(b.model, p)
+        b.raw_save(b.model, todo["raw"][len(saved["raw"])])
+        saved["raw"].append(todo["raw"][len(saved["raw"])])
 
     t = interleaved(
         {"ours": save_ours, "builtin": save_builtin, "raw": save_raw},
@@ -373,8 +374,11 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
             "builtin_pyfunc": lambda: pf_builtin.predict(Xbig),
         },
         {k: cfg.predict_big_reps for k in ("raw", "ours_pyfunc", "builtin_pyfunc")},
+        budget_s=cfg.predict1_budget,
+        min_reps=cfg.predict_big_min_reps,
     )
     res["predict_big"] = {k: med(v) for k, v in t.items()}
+    res["predict_big_n"] = len(t["raw"])
 
     res["predict1"]["wrapper_fixed_cost"] = wrapper_fixed_cost(impl, X1)
 
@@ -511,16 +515,18 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
     for r in results:
         w(f"- `{r['key']}`: {r['label']}; raw = {r['raw_desc']}")
     bad = [(r["key"], r["mismatch"]) for r in results if r["mismatch"]]
-    w("\nPrediction cross-check (ours / builtin / raw on 10k rows): "
+    w("\nPrediction cross-check on 10k rows (ours pyfunc and load_model, builtin pyfunc vs the original "
+      "in-memory model): "
       + ("all identical." if not bad else f"MISMATCH in {bad}"))
     w("\nWrapper overhead: *paired* = median over rounds of (wrapper − raw) on the real model (the "
       "target is judged on it); *Δ medians* = median(wrapper) − median(raw), noisier; *fixed cost* = "
       "our wrapper + codec around a model whose predict does nothing (µs, noise-free).")
     done = ", ".join(f"{r['key']} {r['predict1_n']}" for r in results)
+    done_big = ", ".join(f"{r['key']} {r['predict_big_n']}" for r in results)
     w(f"\nReps: save {cfg.save_reps} (builtin save {cfg.builtin_save_reps}), load {cfg.load_reps}, "
       f"1-row predict {cfg.predict1_reps} (min {cfg.predict1_min_reps}, {cfg.predict1_budget:.0f} s budget per model; "
       f"done: {done}), "
-      f"10k-row predict {cfg.predict_big_reps}; medians, interleaved.")
+      f"10k-row predict {cfg.predict_big_reps} (min {cfg.predict_big_min_reps}, same budget; done: {done_big}); medians, interleaved.")
     return "\n".join(lines)
 
 
@@ -559,10 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ap.parse_args(argv)
     if cfg.quick:
         cfg.save_reps, cfg.builtin_save_reps, cfg.load_reps, cfg.predict1_reps, cfg.predict_big_reps = 3, 1, 3, 50, 3
-        cfg.predict1_min_reps, cfg.predict1_budget = 50, 5.0
+        cfg.predict1_min_reps, cfg.predict1_budget, cfg.predict_big_min_reps = 50, 5.0, 3
     else:
         cfg.save_reps, cfg.builtin_save_reps, cfg.load_reps, cfg.predict1_reps, cfg.predict_big_reps = 7, 3, 7, 300, 11
-        cfg.predict1_min_reps, cfg.predict1_budget = 200, 20.0
+        cfg.predict1_min_reps, cfg.predict1_budget, cfg.predict_big_min_reps = 200, 20.0, 5
 
     started = time.perf_counter()
     print(f"# mlflow-safeflavor core benchmark{' (quick)' if cfg.quick else ''}\n", flush=True)
