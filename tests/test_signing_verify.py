@@ -17,21 +17,6 @@ from mlflow_safeflavor.errors import InvalidArgumentError, SignatureError
 from mlflow_safeflavor.verify import verify_local
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    d = tmp_path_factory.mktemp("keys")
-    out = {}
-    for name in ("good", "other"):
-        k = ec.generate_private_key(ec.SECP384R1())
-        (d / f"{name}.pem").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        out[name] = (d / f"{name}.pem", d / f"{name}.pub")
-    return out
-
-
 @pytest.fixture
 def signed_model(cases, keys, tmp_path):
     path = tmp_path / "m"
