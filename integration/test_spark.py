@@ -17,7 +17,8 @@ The refusal tests show the checks run where the model is loaded, on the executor
 a byte-flipped model is created without complaint (in local mode the driver never loads the model)
 and fails only when a task runs, with our "digest mismatch"; our UDF refuses on the driver, and a
 model modified after the UDF was created is refused by the executors (digests, MLmodel pinned to
-the driver's copy, signature with the driver's public key).
+the driver's copy, signature with the driver's public key). Trusted types and public keys reach
+our executors in the UDF's closure; mlflow's UDF takes them from the executors' environment.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,8 @@ def spark():
     from pyspark.sql import SparkSession
 
     with pytest.MonkeyPatch.context() as mp:
+        for var in ("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", "MLFLOW_SAFEFLAVOR_PUBLIC_KEY"):
+            mp.delenv(var, raising=False)  # the JVM, hence every Python worker, starts without them
         mp.setenv("PYSPARK_PYTHON", sys.executable)
         mp.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
         session = (
@@ -107,9 +111,25 @@ def data(spark):
 
 @pytest.fixture(scope="module")
 def small(spark, data):
-    """The first 2,000 rows, for the refusal tests."""
+    """The first 2,000 rows in one partition (a failing task then ends only one Python worker)."""
     pdf, _ = data
-    return spark.createDataFrame(pdf.head(2000)).cache()
+    return spark.createDataFrame(pdf.head(2000)).coalesce(1).cache()
+
+
+@pytest.fixture(scope="module")
+def fix_model(tmp_path_factory):
+    """(model, path): a pipeline whose FunctionTransformer(numpy.fix) no default policy trusts."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    _, y, _, _, df, *_ = zoo._data()
+    model = Pipeline([("fix", FunctionTransformer(np.fix)), ("lr", LogisticRegression())]).fit(df[NUM], y)
+    path = tmp_path_factory.mktemp("fix") / "model"
+    with warnings.catch_warnings():  # MLflow's hint about the integer output column
+        warnings.simplefilter("ignore", UserWarning)
+        sf.save_model(model, path, trusted_types=["numpy.fix"], input_example=df[NUM].head(5))
+    return model, path
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -189,7 +209,40 @@ def test_safeflavor_spark_udf_archive_distribution(spark, models, small, data, m
     assert np.array_equal(out["p"].to_numpy(), case.model.predict_proba(X)[:, 0])
 
 
+def test_safeflavor_spark_udf_ships_trusted_types_to_executors(spark, small, data, fix_model, monkeypatch):
+    """The driver's policy (call + its environment) reaches executors explicitly.
+
+    MLFLOW_SAFEFLAVOR_TRUSTED_TYPES set in the driver after the session started never reaches the
+    executors' environment (see the next test), yet the UDF loads there because the list travels
+    in the closure.
+    """
+    from mlflow_safeflavor.spark import spark_udf
+
+    model, path = fix_model
+    with pytest.raises(UntrustedTypesError, match="numpy.fix"):
+        spark_udf(spark, str(path))
+    expected = model.predict_proba(data[0].head(2000)[NUM])[:, 1]
+    by_arg = spark_udf(spark, str(path), trusted_types=["numpy.fix"], result_type="array<double>", predict_method="predict_proba")
+    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", "numpy.fix")
+    by_env = spark_udf(spark, str(path), result_type="array<double>", predict_method="predict_proba")
+    out = small.select("id", by_arg(*NUM).alias("a"), by_env(*NUM).alias("e")).toPandas().sort_values("id")
+    np.testing.assert_array_equal(np.stack(out["a"].to_numpy())[:, 1], expected)
+    np.testing.assert_array_equal(np.stack(out["e"].to_numpy())[:, 1], expected)
+
+
 # ------------------------------------------------------------------------------------ refusals
+
+
+def test_mlflow_spark_udf_takes_policy_from_executor_env(spark, small, fix_model, monkeypatch):
+    """mlflow's UDF reaches our _load_pyfunc on executors, whose environment the driver's
+    later os.environ changes do not reach: the model needing numpy.fix is refused there."""
+    import mlflow
+    from pyspark.errors import PythonException
+
+    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", "numpy.fix")
+    udf = mlflow.pyfunc.spark_udf(spark, str(fix_model[1]), result_type="double")
+    with pytest.raises(PythonException, match="UntrustedTypesError"):
+        small.select(udf(*NUM)).collect()
 
 
 def test_mlflow_spark_udf_refuses_tampered_model_on_executors(spark, models, small, tmp_path):
@@ -282,34 +335,6 @@ def test_safeflavor_spark_udf_ships_public_key_to_executors(spark, models, small
         fh.write("evil-package\n")
     with pytest.raises(PythonException, match="SignatureError"):
         small.select(udf(*NUM)).collect()
-
-
-def test_safeflavor_spark_udf_ships_trusted_types_to_executors(spark, small, data, tmp_path, monkeypatch):
-    """The driver's policy (call + its environment) reaches executors explicitly.
-
-    MLFLOW_SAFEFLAVOR_TRUSTED_TYPES set in the driver after the session started never reaches the
-    executors' environment, yet the UDF loads there because the list travels in the closure.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import FunctionTransformer
-
-    from mlflow_safeflavor.spark import spark_udf
-
-    _, y, _, _, df, *_ = zoo._data()
-    model = Pipeline([("fix", FunctionTransformer(np.fix)), ("lr", LogisticRegression())]).fit(df[NUM], y)
-    path = tmp_path / "fix"
-    sf.save_model(model, path, trusted_types=["numpy.fix"], input_example=df[NUM].head(5))
-
-    with pytest.raises(UntrustedTypesError, match="numpy.fix"):
-        spark_udf(spark, str(path))
-    expected = model.predict_proba(data[0].head(2000)[NUM])[:, 1]
-    by_arg = spark_udf(spark, str(path), trusted_types=["numpy.fix"], result_type="array<double>", predict_method="predict_proba")
-    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", "numpy.fix")
-    by_env = spark_udf(spark, str(path), result_type="array<double>", predict_method="predict_proba")
-    out = small.select("id", by_arg(*NUM).alias("a"), by_env(*NUM).alias("e")).toPandas().sort_values("id")
-    np.testing.assert_array_equal(np.stack(out["a"].to_numpy())[:, 1], expected)
-    np.testing.assert_array_equal(np.stack(out["e"].to_numpy())[:, 1], expected)
 
 
 def test_importing_the_module_does_not_import_pyspark():

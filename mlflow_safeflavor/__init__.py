@@ -26,6 +26,7 @@ from mlflow_safeflavor.flavor import (
 from mlflow_safeflavor.record import FLAVOR_NAME
 from mlflow_safeflavor.registry import PromotionRejectedError, promote
 from mlflow_safeflavor.signing import sign_model
+from mlflow_safeflavor.spark import spark_udf  # imports pyspark only when called
 
 __all__ = [
     "FLAVOR_NAME",
@@ -46,4 +47,5 @@ __all__ = [
     "promote",
     "save_model",
     "sign_model",
+    "spark_udf",
 ]
