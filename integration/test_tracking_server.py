@@ -25,16 +25,12 @@ import pytest
 import yaml
 from mlflow.exceptions import MlflowException
 
+from helpers import as_array, iter_blobs, pickle_findings  # tests/helpers.py, on sys.path via conftest
+
 import mlflow_safeflavor
 from mlflow_safeflavor import IntegrityError, SafeFlavorError, UntrustedTypesError
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def as_array(x: Any) -> np.ndarray:
-    if isinstance(x, (pd.DataFrame, pd.Series)):
-        return x.to_numpy()
-    return np.asarray(x)
 
 
 def assert_identical(expected: Any, actual: Any, what: str) -> None:
@@ -49,40 +45,6 @@ def assert_identical(expected: Any, actual: Any, what: str) -> None:
 
 def expected_predictions(case) -> dict[str, np.ndarray]:
     return {m: as_array(getattr(case.model, m)(case.X)) for m in ("predict", "predict_proba")}
-
-
-def iter_blobs(root: Path) -> Iterator[tuple[str, bytes]]:
-    """Every file under ``root`` and, recursively, every member of every zip among them."""
-    for path in sorted(Path(root).rglob("*")):
-        if path.is_file():
-            yield from _expand(str(path.relative_to(root)), path.read_bytes())
-
-
-def _expand(name: str, data: bytes) -> Iterator[tuple[str, bytes]]:
-    yield name, data
-    if data[:4] == b"PK\x03\x04":
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            for member in zf.namelist():
-                yield from _expand(f"{name}!{member}", zf.read(member))
-
-
-def pickle_findings(name: str, data: bytes) -> list[str]:
-    """Why ``data`` is (or holds) a pickle: a pickle stream header or an object-dtype .npy array."""
-    found = []
-    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
-        found.append(f"{name}: starts like a pickle stream (protocol {data[1]})")
-    if data[:6] == b"\x93NUMPY":
-        fh = io.BytesIO(data)
-        version = np.lib.format.read_magic(fh)
-        reader = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        _, _, dtype = reader(fh)
-        if dtype.hasobject:
-            found.append(f"{name}: object-dtype numpy array (stored as a pickle)")
-    if name.rsplit(".", 1)[-1].lower() in ("pkl", "pickle", "joblib"):
-        found.append(f"{name}: pickle file extension")
-    return found
 
 
 def scan_for_pickle(root: Path) -> tuple[list[str], list[str]]:

@@ -50,12 +50,26 @@ def _models(df, label) -> dict[str, tuple[Any, Any]]:
     out = {
         "sklearn": (Pipeline([("prep", encoded()), ("rf", RandomForestClassifier(50, random_state=0))]).fit(df, label), df),
     }
+    def xgboost_pipeline():
+        from xgboost import XGBClassifier
+
+        return Pipeline([("prep", encoded()), ("xgb", XGBClassifier(n_estimators=50, max_depth=3))]).fit(df, y)
+
+    def lightgbm_model():
+        from lightgbm import LGBMClassifier
+
+        return LGBMClassifier(n_estimators=50, verbose=-1).fit(df[num], label)
+
+    def catboost_model():
+        from catboost import CatBoostClassifier
+
+        model = CatBoostClassifier(iterations=50, verbose=0, allow_writing_files=False, thread_count=2)
+        return model.fit(df, label, cat_features=["plan"])
+
     builders: dict[str, Callable[[], Any]] = {
-        "xgboost": lambda: Pipeline([("prep", encoded()), ("xgb", __import__("xgboost").XGBClassifier(n_estimators=50, max_depth=3))]).fit(df, y),
-        "lightgbm": lambda: __import__("lightgbm").LGBMClassifier(n_estimators=50, verbose=-1).fit(df[num], label),
-        "catboost": lambda: __import__("catboost").CatBoostClassifier(
-            iterations=50, verbose=0, allow_writing_files=False, thread_count=2
-        ).fit(df, label, cat_features=["plan"]),
+        "xgboost": xgboost_pipeline,
+        "lightgbm": lightgbm_model,
+        "catboost": catboost_model,
     }
     for name, build in builders.items():
         try:

@@ -63,6 +63,8 @@ def pickle_findings(name: str, data: bytes) -> list[str]:
         _, _, dtype = reader(fh)
         if dtype.hasobject:
             found.append(f"{name}: object-dtype numpy array (stored as a pickle)")
+    if name.rsplit(".", 1)[-1].lower() in ("pkl", "pickle", "joblib"):
+        found.append(f"{name}: pickle file extension")
     if b"cnumpy.core.multiarray\n_reconstruct" in data or b"\x8c\x15numpy.core.multiarray" in data:
         found.append(f"{name}: contains numpy pickle opcodes")
     return found
