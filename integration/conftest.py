@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serverproc import free_port as _free_port  # noqa: E402
+from serverproc import stop_group as _stop  # noqa: E402
 
 _TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(_TESTS_DIR) not in sys.path:
@@ -69,36 +71,12 @@ class MlflowServer:
             return "<no server log>"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
             return resp.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate the server's whole process group (uvicorn workers included), then kill it."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 def _server_env() -> dict[str, str]:

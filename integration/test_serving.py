@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from serverproc import free_port as _free_port  # noqa: E402
+from serverproc import stop_group as _stop  # noqa: E402
 import yaml
 
 import mlflow_safeflavor
@@ -58,12 +60,6 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs_records"
 # ---------------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -78,29 +74,6 @@ def _ping(url: str) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group (uvicorn workers, mlflow's `bash -c exec uvicorn` child), then SIGKILL."""
-    if proc.poll() is not None:
-        # The leader is gone; make sure nothing it started is left behind.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 def _env(**extra: str) -> dict[str, str]:
