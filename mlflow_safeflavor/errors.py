@@ -59,3 +59,20 @@ class MalformedArtifactError(SafeFlavorError):
 
 class InvalidArgumentError(SafeFlavorError):
     """A caller passed an argument of the wrong type or value."""
+
+
+class PickleRefusedError(UntrustedTypesError):
+    """A pickle would import something outside the allowlist (or cannot be scanned); never loaded.
+
+    ``findings`` holds every refused import or construct the static scan found, so a caller can
+    show all of them at once instead of fixing one at a time.
+    """
+
+    def __init__(self, message: str, *, findings: list[str] | None = None, **kwargs) -> None:
+        self.findings = list(findings or [])
+        super().__init__(message, types=self.findings, **kwargs)
+
+
+class ConversionError(SafeFlavorError):
+    """A conversion ran but its result cannot be trusted: predictions differ, or the isolated
+    conversion process crashed or timed out. Nothing was written or registered."""
