@@ -111,6 +111,9 @@ def run_limited(
     *,
     timeout: float | None = None,
     memory_mb: int | None = None,
+    file_bytes: int = MAX_CHILD_FILE_BYTES,
+    timeout_env: str = ENV_SMOKE_TIMEOUT,
+    what: str = "smoke test",
 ) -> SmokeResult:
     """Run ``python <bootstrap> *child_args`` with memory, CPU and time limits and classify the outcome.
 
@@ -119,7 +122,8 @@ def run_limited(
     read from how it ended: killed by a signal (a native crash, or the CPU limit), killed by us at
     the timeout, or a non-zero exit. Output goes to temporary files capped by ``RLIMIT_FSIZE``, so
     a child that prints without end exhausts neither the gate's memory nor the disk; the child's
-    whole process group is killed when it ends.
+    whole process group is killed when it ends. ``file_bytes`` caps every file the child writes;
+    ``timeout_env`` and ``what`` only shape the messages.
     """
     timeout = timeout if timeout is not None else _float_env(ENV_SMOKE_TIMEOUT, DEFAULT_TIMEOUT)
     memory_mb = int(memory_mb if memory_mb is not None else _float_env(ENV_SMOKE_MEMORY_MB, DEFAULT_MEMORY_MB))
@@ -136,7 +140,7 @@ def run_limited(
     env.update({
         "_SAFEFLAVOR_SMOKE_AS_BYTES": str(memory_bytes),
         # Output and any file the child writes: enough for tracebacks, not for filling the disk.
-        "_SAFEFLAVOR_SMOKE_FSIZE_BYTES": str(MAX_CHILD_FILE_BYTES),
+        "_SAFEFLAVOR_SMOKE_FSIZE_BYTES": str(file_bytes),
         # CPU time only backs up the wall-clock timeout (a busy child cannot outlive it for long).
         "_SAFEFLAVOR_SMOKE_CPU_SECONDS": str(max(1, int(timeout) + 1)),
         # One thread each: predictable address space under RLIMIT_AS and no oversubscription.
@@ -156,19 +160,19 @@ def run_limited(
         _kill_group(proc)
         stdout, stderr = _tail(out), _tail(err)
     if timed_out:
-        return SmokeResult(False, f"the smoke test did not finish within {timeout:g}s and was killed "
-                                  f"(raise {ENV_SMOKE_TIMEOUT} if the model is legitimately that slow)", None)
+        return SmokeResult(False, f"the {what} did not finish within {timeout:g}s and was killed "
+                                  f"(raise {timeout_env} if the model is legitimately that slow)", None)
     rc = proc.returncode
     reported = _reported(stdout)
     if rc < 0:
         name = _signal_name(-rc)
         hint = " (CPU-time limit)" if -rc == signal.SIGXCPU else ""
-        return SmokeResult(False, f"the model crashed the smoke-test process: killed by {name}{hint} "
+        return SmokeResult(False, f"the model crashed the {what} process: killed by {name}{hint} "
                                   f"while loading or predicting; stderr: {_last_line(stderr)}", rc)
     if reported is not None:
         ok = bool(reported.get("ok")) and rc == 0
         return SmokeResult(ok, str(reported.get("detail", "")), rc)
-    return SmokeResult(False, f"the smoke-test process exited with status {rc} without a result; "
+    return SmokeResult(False, f"the {what} process exited with status {rc} without a result; "
                               f"stderr: {_last_line(stderr)}", rc)
 
 

@@ -1,0 +1,11 @@
+"""Migration from pickle: scan, restricted loading and conversion into the safe flavor.
+
+:func:`scan_pickle` judges every import a pickle would make without unpickling it;
+:func:`convert` turns a pickled (or MLflow built-in flavor) model into a safe-flavor model after
+proving identical predictions; :func:`convert_registered` does that for registry versions.
+"""
+
+from mlflow_safeflavor.migrate.convert import ConversionResult, convert
+from mlflow_safeflavor.migrate.pickles import ScanReport, restricted_load, scan_pickle
+
+__all__ = ["ConversionResult", "ScanReport", "convert", "restricted_load", "scan_pickle"]

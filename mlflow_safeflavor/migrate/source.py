@@ -1,0 +1,164 @@
+"""Find out what a conversion source is, from its file name and MLmodel, without loading it.
+
+A source is a local pickle/joblib file, or an MLflow model (a local directory, ``runs:/``,
+``models:/`` or any artifact URI) written by MLflow's sklearn, xgboost, lightgbm or catboost
+flavor. Only names from MLmodel's flavor sections are read here — never the payload.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow_safeflavor.errors import InvalidArgumentError, UnsupportedModelError
+from mlflow_safeflavor.migrate.pickles import PICKLE_SUFFIXES
+
+# MLflow flavor ``model_class`` values → our codecs' class keys. Anything else is refused.
+_NATIVE_CLASS_KEYS = {
+    "xgboost": {
+        "xgboost.core.Booster": "Booster",
+        **{f"xgboost.sklearn.{c}": c for c in ("XGBClassifier", "XGBRegressor", "XGBRanker", "XGBRFClassifier", "XGBRFRegressor")},
+    },
+    "lightgbm": {"lightgbm.basic.Booster": "Booster"},
+    "catboost": {c: c for c in ("CatBoost", "CatBoostClassifier", "CatBoostRegressor", "CatBoostRanker")},
+}
+
+
+@dataclass
+class Source:
+    """A resolved conversion source: where its payload is and how it is stored."""
+
+    label: str
+    kind: str  # "pickle", "skops", "xgboost", "lightgbm", "catboost"
+    file: Path
+    root: Path | None = None  # the MLflow model directory, when the source is one
+    flavor: str | None = None  # the MLflow flavor that wrote it
+    serialization: str = "pickle"  # pickle, cloudpickle, joblib, skops or native
+    model_class: str | None = None  # our codec's class key, for native sources
+    registered: tuple[str, str] | None = None  # (name, version) for a registry source
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_pickle_file(path: str | os.PathLike) -> bool:
+    """True for a local file whose name ends in one of the pickle/joblib suffixes."""
+    p = Path(path)
+    return p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()
+
+
+def resolve(source: str | os.PathLike, workdir: Path) -> Source:
+    """Classify ``source`` and bring its files to a local directory under ``workdir``.
+
+    Raises InvalidArgumentError for a source that cannot be found and UnsupportedModelError for an
+    MLflow model no conversion path covers (the message says which flavors are covered).
+    """
+    text = os.fspath(source)
+    if is_pickle_file(text):
+        serialization = "joblib" if text.lower().endswith(".joblib") else "pickle"
+        return Source(label=text, kind="pickle", file=Path(text).resolve(), serialization=serialization)
+    registered = None
+    if os.path.isdir(text):
+        root = Path(text).resolve()
+    elif os.path.exists(text):
+        raise InvalidArgumentError(
+            f"{text}: not a pickle file (expected one of {', '.join(PICKLE_SUFFIXES)}) nor an MLflow "
+            "model directory.",
+            path=text,
+        )
+    else:
+        root, registered = _download(text, workdir / "source")
+    mlmodel = root / "MLmodel"
+    if not mlmodel.is_file():
+        raise InvalidArgumentError(f"{text}: no MLmodel file at {root}; not an MLflow model.", path=text)
+    import yaml
+
+    try:
+        doc = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"{mlmodel}: not readable YAML ({str(exc)[:200]}).", path=str(mlmodel)) from None
+    flavors = (doc or {}).get("flavors") if isinstance(doc, dict) else None
+    if not isinstance(flavors, dict):
+        raise InvalidArgumentError(f"{mlmodel}: has no flavors section.", path=str(mlmodel))
+    src = _from_flavors(text, root, flavors)
+    src.registered = registered
+    src.run_id = doc.get("run_id") if isinstance(doc.get("run_id"), str) else None
+    return src
+
+
+def _download(uri: str, dst: Path) -> tuple[Path, tuple[str, str] | None]:
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_safeflavor.registry.store import download_version, get_client, parse_registered_uri
+
+    dst.mkdir(parents=True, exist_ok=True)
+    parsed = parse_registered_uri(uri)
+    try:
+        if parsed is not None:
+            from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+            client = get_client()
+            name, version = get_model_name_and_version(client, parsed[0])
+            local = download_version(client, name, version, str(dst))
+            return Path(local).resolve(), (name, str(version))
+        import mlflow
+
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+        return Path(local).resolve(), None
+    except MlflowException as exc:
+        raise InvalidArgumentError(f"{uri}: cannot be downloaded ({str(exc.message)[:300]}).", path=uri) from None
+
+
+def _file_in(root: Path, name: Any, label: str) -> Path:
+    if not isinstance(name, str) or not name or name.startswith("/") or ".." in Path(name).parts:
+        raise InvalidArgumentError(f"{label}: MLmodel names the payload {name!r}, which is not a file inside the model.", path=label)
+    path = root / name
+    if path.is_symlink() or not path.is_file():
+        raise InvalidArgumentError(f"{label}: the payload {name!r} named in MLmodel is missing or not a regular file.", path=label)
+    return path
+
+
+def _from_flavors(label: str, root: Path, flavors: dict[str, Any]) -> Source:
+    if "safeflavor" in flavors:
+        raise InvalidArgumentError(
+            f"{label}: already stored with mlflow-safeflavor; nothing to convert (verify it with "
+            "`mlflow-safeflavor verify`).",
+            path=label,
+        )
+    for name in ("xgboost", "lightgbm", "catboost", "sklearn"):
+        conf = flavors.get(name)
+        if isinstance(conf, dict):
+            break
+    else:
+        raise UnsupportedModelError(
+            f"{label}: flavors {sorted(flavors)}; conversion covers MLflow's sklearn, xgboost, lightgbm "
+            "and catboost flavors. Re-export the model from its training code with "
+            "mlflow_safeflavor.log_model.",
+            path=label,
+        )
+    if conf.get("code"):
+        raise UnsupportedModelError(
+            f"{label}: the {name} flavor ships a code/ directory (code_paths); a model that needs "
+            "custom code cannot be converted without running it. Re-export it from its training code.",
+            path=label,
+        )
+    fmt = conf.get("serialization_format")
+    if name == "sklearn" or (name == "lightgbm" and conf.get("model_class") != "lightgbm.basic.Booster"):
+        file = _file_in(root, conf.get("pickled_model") if name == "sklearn" else conf.get("data"), label)
+        if fmt == "skops":
+            return Source(label, "skops", file, root, name, "skops")
+        if fmt not in ("pickle", "cloudpickle", None):
+            raise UnsupportedModelError(f"{label}: unknown {name} serialization_format {fmt!r}.", path=label)
+        return Source(label, "pickle", file, root, name, fmt or "pickle")
+    key = _NATIVE_CLASS_KEYS[name].get(conf.get("model_class") if name != "catboost" else conf.get("model_type"))
+    if key is None:
+        raise UnsupportedModelError(
+            f"{label}: {name} model class {conf.get('model_class') or conf.get('model_type')!r} is not one "
+            f"the safe flavor stores (known: {sorted(_NATIVE_CLASS_KEYS[name])}).",
+            path=label,
+        )
+    if name == "catboost" and conf.get("save_format", "cbm") != "cbm":
+        raise UnsupportedModelError(f"{label}: CatBoost save_format {conf.get('save_format')!r}; only cbm is converted.", path=label)
+    file = _file_in(root, conf.get("data"), label)
+    return Source(label, name, file, root, name, "native", model_class=key)
