@@ -149,6 +149,81 @@ def webhook_cmd(host: str, port: int, secret: str, tracking_uri: str | None, pub
           trusted_types=trusted_types, protected=protected_aliases, window=window)
 
 
+@main.command("scan")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@_trusted_option
+@click.option("--json", "as_json", is_flag=True, help="Print the scan as JSON.")
+def scan_cmd(path: str, trusted_types: str | None, as_json: bool) -> None:
+    """Statically scan a .pkl/.pickle/.joblib file: every import it would make, allowed or refused.
+
+    Nothing is unpickled. Exits 0 when every import is on the allowlist, 1 otherwise.
+    """
+    from mlflow_safeflavor.migrate import scan_pickle
+
+    report = scan_pickle(path, trusted_types=trusted_types)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command("convert")
+@click.argument("source", required=False)
+@click.option("--output", "output", default=None, type=click.Path(file_okay=False), help="Directory to write the converted model to (must not exist).")
+@click.option("--register", "register", default=None, help="Log the converted model and register it under this name.")
+@click.option("--sample", "sample", default=None, type=click.Path(exists=True, dir_okay=False), help="Rows to compare predictions on (.csv, .json, .parquet, .npy); default: the source's input example.")
+@click.option("--registry", "registry_names", multiple=True, help="Convert every version of this registered model (repeatable).")
+@click.option("--all", "all_models", is_flag=True, help="Convert every version of every registered model.")
+@click.option("--timeout", default=None, type=float, help="Seconds one conversion may take (default MLFLOW_SAFEFLAVOR_CONVERT_TIMEOUT or 600).")
+@_trusted_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def convert_cmd(source: str | None, output: str | None, register: str | None, sample: str | None,
+                registry_names: tuple[str, ...], all_models: bool, timeout: float | None,
+                trusted_types: str | None, as_json: bool) -> None:
+    """Convert a pickled model (file or MLflow URI) into the safe flavor, proving identical predictions.
+
+    SOURCE is a .pkl/.pickle/.joblib file or an MLflow model URI (runs:/, models:/, a path). With
+    --registry NAME or --all, every version of those registered models is converted and registered
+    as a new version (of --register NAME if given), with a summary table; exits 1 if any version
+    was refused or failed.
+    """
+    from mlflow_safeflavor.errors import InvalidArgumentError
+
+    bulk = bool(registry_names) or all_models
+    if bulk == (source is not None):
+        raise InvalidArgumentError("give either SOURCE or --registry NAME / --all (not both).")
+    if not bulk:
+        from mlflow_safeflavor.migrate import convert
+
+        result = convert(source, dest_path=output, registered_model_name=register, sample_input=sample,
+                         trusted_types=trusted_types, timeout=timeout)
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.format())
+        return
+    if output:
+        raise InvalidArgumentError("--output is for one SOURCE; registry conversions register new versions.")
+    _convert_registry(list(registry_names) or None, register, sample, trusted_types, as_json)
+
+
+def _convert_registry(names: list[str] | None, register: str | None, sample: str | None,
+                      trusted_types: str | None, as_json: bool) -> None:
+    from mlflow_safeflavor.migrate.bulk import convert_registered, registered_versions
+    from mlflow_safeflavor.registry.store import get_client
+
+    total = len(registered_versions(get_client(), names))
+    with click.progressbar(length=total, label="converting", file=sys.stderr,
+                           item_show_func=lambda r: f"{r.name} v{r.version}: {r.status}" if r else "") as bar:
+        rows = convert_registered(names, registered_model_name=register, sample_input=sample,
+                                  trusted_types=trusted_types, progress=lambda r: bar.update(1, r))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        width = max([len(r.name) for r in rows] + [5])
+        click.echo(f"{'MODEL':{width}}  VERSION  STATUS     NEW  DETAIL")
+        for r in rows:
+            click.echo(f"{r.name:{width}}  {r.version:7}  {r.status:9}  {r.new_version or '-':>3}  {r.detail}")
+        counts = {s: sum(r.status == s for r in rows) for s in ("converted", "refused", "failed", "skipped")}
+        click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    sys.exit(1 if any(r.status in ("refused", "failed") for r in rows) else 0)
+
+
 @main.command("demo")
 @click.option("--dir", "directory", default="demo-mlruns", show_default=True, help="Where the local MLflow store goes.")
 def demo_cmd(directory: str) -> None:

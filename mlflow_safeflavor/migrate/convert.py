@@ -88,7 +88,8 @@ def convert(
     loader's allowlist plus the named numpy/scikit-learn constructors; it is then rebuilt by a
     restricted unpickler in an isolated child process, saved with the safe flavor, reloaded here by
     the safe loader, and must give identical predictions on ``sample_input`` (a DataFrame, array
-    or a .csv/.json/.parquet/.npy file; default: the source's saved input example). Only then is
+    or a .csv/.json/.parquet/.npy file; default: the source's saved input example; ``"synthetic"``:
+    64 random rows shaped like the model's input, for pickles shipped without data). Only then is
     the result written to ``dest_path`` (default: ``<file>.safeflavor`` beside a pickle file) and/or
     logged and registered as ``registered_model_name`` with the source version's signature, input
     example and tags, plus ``safeflavor.converted_from``. Raises ConversionError when predictions
@@ -140,15 +141,17 @@ def _job(src: Source, work: Path, sample_input: Any, trusted_types: Any) -> dict
             "rows shaped like the model's input).",
             path=src.label,
         )
-    sample = _read_sample_arg(sample)
+    synthetic = isinstance(sample, str) and sample == "synthetic"
+    if not synthetic:
+        sample = _read_sample_arg(sample)
     job: dict[str, Any] = {
         "kind": src.kind,
         "file": str(src.file),
         "label": src.label,
         "model_class": src.model_class,
         "trusted_types": parse_type_list(trusted_types, source="trusted_types=") + parse_type_list(os.environ.get("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES"), source="MLFLOW_SAFEFLAVOR_TRUSTED_TYPES"),
-        "sample": _write_data(sample, work / "sample"),
-        "example": _write_data(example if example is not None else _head(sample), work / "example"),
+        "sample": {"format": "synthetic"} if synthetic else _write_data(sample, work / "sample"),
+        "example": _write_data(example, work / "example") if example is not None else None if synthetic else _write_data(_head(sample), work / "example"),
         "signature": signature.to_dict() if signature is not None else None,
         "predict_method": predict_method,
         "out": str(out),
@@ -286,6 +289,8 @@ def _check_against_safe_load(work: Path, job: dict[str, Any], trusted_types: Any
 
     out = work / "out"
     info = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    if job["sample"]["format"] == "synthetic":
+        job["sample"] = json.loads((out / "sample.json").read_text(encoding="utf-8"))
     model = load_model(str(out / "model"), trusted_types=trusted_types)
     codec = codec_for(model)
     sample = _read_sample(job["sample"])

@@ -162,3 +162,49 @@ def _from_flavors(label: str, root: Path, flavors: dict[str, Any]) -> Source:
         raise UnsupportedModelError(f"{label}: CatBoost save_format {conf.get('save_format')!r}; only cbm is converted.", path=label)
     file = _file_in(root, conf.get("data"), label)
     return Source(label, name, file, root, name, "native", model_class=key)
+
+
+def classify_flavors(flavors: Any) -> tuple[str, str]:
+    """``(flavor, format)`` of an MLmodel ``flavors`` section, read from names only.
+
+    Formats: ``safe flavor (<codec>)``, ``pickle``, ``cloudpickle``, ``skops``, ``native`` or
+    ``unknown``; the flavor is the MLflow flavor that wrote the payload (``pyfunc:<module>`` for
+    pyfunc-only models).
+    """
+    if not isinstance(flavors, dict):
+        return "none", "unknown"
+    if isinstance(flavors.get("safeflavor"), dict):
+        return "safeflavor", f"safe flavor ({flavors['safeflavor'].get('codec', '?')})"
+    for name in ("sklearn", "lightgbm", "xgboost", "catboost"):
+        conf = flavors.get(name)
+        if not isinstance(conf, dict):
+            continue
+        if name in ("xgboost", "catboost") or conf.get("model_class") == "lightgbm.basic.Booster":
+            return name, "native"
+        fmt = conf.get("serialization_format") or "pickle"
+        return name, fmt if fmt in ("pickle", "cloudpickle", "skops") else "unknown"
+    pyfunc = flavors.get("python_function")
+    if isinstance(pyfunc, dict):
+        loader = pyfunc.get("loader_module")
+        others = sorted(k for k in flavors if k != "python_function")
+        fmt = "cloudpickle" if loader == "mlflow.pyfunc.model" or pyfunc.get("python_model") else "unknown"
+        return (others[0] if others else f"pyfunc:{loader}"), fmt
+    others = sorted(flavors)
+    return (others[0] if others else "none"), "unknown"
+
+
+def read_version_mlmodel(client: Any, name: str, version: str) -> dict[str, Any]:
+    """Download only a registry version's MLmodel and parse it (YAML, safe loader)."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    from mlflow_safeflavor.registry.store import storage_uri
+
+    uri = storage_uri(client, name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=client.tracking_uri)
+        with open(local, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh.read(1024 * 1024))
+    return doc if isinstance(doc, dict) else {}
