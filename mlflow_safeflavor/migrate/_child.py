@@ -174,6 +174,7 @@ def _run(job: dict[str, Any]) -> str:
         signature=signature,
         input_example=example,
         predict_method=job.get("predict_method") or "predict",
+        onnx=job.get("onnx"),
     )
     (out / "result.json").write_text(json.dumps({"methods": methods, "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}), encoding="utf-8")
     return f"rebuilt {type(model).__name__}, predicted {', '.join(methods)} on {len(sample)} rows, saved"

@@ -79,6 +79,7 @@ def convert(
     trusted_types: str | Iterable[str] | None = None,
     timeout: float | None = None,
     tags: dict[str, str] | None = None,
+    onnx: bool | str | None = None,
 ) -> ConversionResult:
     """Convert a pickled or MLflow-built-in model into the safe flavor without trusting the pickle.
 
@@ -93,7 +94,8 @@ def convert(
     the result written to ``dest_path`` (default: ``<file>.safeflavor`` beside a pickle file) and/or
     logged and registered as ``registered_model_name`` with the source version's signature, input
     example and tags, plus ``safeflavor.converted_from``. Raises ConversionError when predictions
-    differ or the child crashes or times out; nothing is written then.
+    differ or the child crashes or times out; nothing is written then. ``onnx`` is passed to
+    ``save_model`` (default "auto": an ONNX export is added when it provably agrees).
     """
     started = time.monotonic()
     if registered_model_name is not None and (not isinstance(registered_model_name, str) or not registered_model_name.strip()):
@@ -108,6 +110,8 @@ def convert(
             scan = scan_pickle(src.file, label=src.label if src.root is None else f"{src.label} ({src.file.name})", trusted_types=trusted_types)
             scan.raise_if_refused()
         job = _job(src, work, sample_input, trusted_types)
+        job["onnx"] = onnx
+        (work / "job.json").write_text(json.dumps(job), encoding="utf-8")
         outcome = _run_child(job, timeout)
         methods, model_class, rows = _check_against_safe_load(work, job, trusted_types, src)
         if dest_path is None and registered_model_name is None:

@@ -1,0 +1,180 @@
+"""convert(): benign pickles and MLflow built-in flavor models become safe-flavor models that predict
+identically; crashes and timeouts in the isolated rebuild leave nothing behind.
+
+The identical-predictions check here is independent of convert's own: the converted directory is
+loaded again with ``mlflow_safeflavor.load_model`` and compared with the *original in-memory*
+model, and it must pass ``verify_model`` (digests, trust, no pickle).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import pickle_corpus as pc
+from mlflow_safeflavor import load_model
+from mlflow_safeflavor.cli import main
+from mlflow_safeflavor.codecs import codec_for
+from mlflow_safeflavor.errors import ConversionError, InvalidArgumentError
+from mlflow_safeflavor.migrate import convert
+from mlflow_safeflavor.verify import verify_model
+
+
+@pytest.fixture(autouse=True)
+def _no_onnx_export(monkeypatch):
+    """These tests are about the checkpoint; the ONNX export has its own (tests/test_onnx.py)."""
+    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_ONNX", "off")
+
+
+def _same_predictions(converted_dir, original, sample):
+    safe = load_model(str(converted_dir))
+    assert type(safe) is type(original)
+    codec = codec_for(original)
+    for method in ("predict", "predict_proba"):
+        if method == "predict" or hasattr(original, method):
+            expected = codec.predict(original, method, sample)
+            actual = codec.predict(safe, method, sample)
+            np.testing.assert_array_equal(np.asarray(actual), np.asarray(expected))
+
+
+@pytest.mark.parametrize("case", pc.BENIGN, ids=[c.name for c in pc.BENIGN])
+def test_benign_pickle_converts_with_identical_predictions(tmp_path, case):
+    path, model, sample = pc.dump_benign(case, tmp_path)
+    dest = tmp_path / "safe"
+    result = convert(path, dest_path=dest, sample_input=sample)
+    assert result.path == str(dest.resolve())
+    assert "predict" in result.methods and result.rows_compared == len(sample)
+    assert result.scan is not None and result.scan.ok
+    _same_predictions(dest, model, sample)
+    check = verify_model(str(dest))
+    assert check.ok, [c.detail for c in check.failures]
+    assert not list(dest.rglob("*.pkl")) and not list(dest.rglob("*.joblib"))
+
+
+def _mlflow_sources(tmp_path):
+    import catboost
+    import lightgbm
+    import mlflow
+    import xgboost
+    from mlflow.models import infer_signature
+
+    out = {}
+    model, sample = pc._column_pipeline()
+    for fmt in ("pickle", "cloudpickle"):
+        d = tmp_path / f"sklearn-{fmt}"
+        mlflow.sklearn.save_model(model, d, serialization_format=fmt, input_example=sample.head(5),
+                                  signature=infer_signature(sample, model.predict(sample)))
+        out[f"sklearn-{fmt}"] = (d, model, sample)
+    lgbm, X = pc._lgbm_clf()
+    d = tmp_path / "lightgbm-pickle"
+    mlflow.lightgbm.save_model(lgbm, d, serialization_format="pickle", input_example=X[:5])
+    out["lightgbm-sklearn-pickle"] = (d, lgbm, X)
+    booster, X = pc._lgbm_booster()
+    d = tmp_path / "lightgbm-booster"
+    mlflow.lightgbm.save_model(booster, d, input_example=X[:5])
+    out["lightgbm-booster-native"] = (d, booster, X)
+    xgb, X = pc._xgb_clf()
+    d = tmp_path / "xgboost"
+    mlflow.xgboost.save_model(xgb, d, input_example=X[:5])
+    out["xgboost-native"] = (d, xgb, X)
+    cb, X = pc._cb_reg()
+    d = tmp_path / "catboost"
+    mlflow.catboost.save_model(cb, d, input_example=X[:5])
+    out["catboost-native"] = (d, cb, X)
+    del catboost, lightgbm, xgboost
+    return out
+
+
+@pytest.fixture(scope="module")
+def mlflow_sources(tmp_path_factory):
+    return _mlflow_sources(tmp_path_factory.mktemp("mlflow-sources"))
+
+
+@pytest.mark.parametrize("key", ["sklearn-pickle", "sklearn-cloudpickle", "lightgbm-sklearn-pickle",
+                                 "lightgbm-booster-native", "xgboost-native", "catboost-native"])
+def test_mlflow_builtin_flavor_model_converts_using_its_input_example(tmp_path, mlflow_sources, key):
+    from mlflow.models import Model
+
+    src, model, sample = mlflow_sources[key]
+    dest = tmp_path / "safe"
+    result = convert(str(src), dest_path=dest)  # no sample: the source's input example is used
+    assert result.rows_compared == 5
+    _same_predictions(dest, model, sample[:40])
+    source_meta, converted = Model.load(str(src)), Model.load(str(dest))
+    assert "safeflavor" in converted.flavors
+    assert converted.saved_input_example_info is not None
+    if source_meta.signature is not None:
+        assert converted.signature.inputs == source_meta.signature.inputs
+
+
+def test_native_crash_inside_an_allowed_class_is_contained(tmp_path):
+    """A LightGBM Booster pickle whose model text is corrupt: the raw library aborts (SIGABRT)."""
+    booster, X = pc._lgbm_booster()
+    data = pickle.dumps(booster, protocol=4)
+    m = re.search(rb"tree_sizes=(\d)", data)
+    bad = data[: m.start(1)] + (b"9" if m.group(1) != b"9" else b"1") + data[m.end(1):]
+    path = tmp_path / "booster.pkl"
+    path.write_bytes(bad)
+    dest = tmp_path / "out"
+    with pytest.raises(ConversionError) as err:
+        convert(path, dest_path=dest, sample_input=X[:5])
+    assert "SIGABRT" in err.value.message or "crashed" in err.value.message
+    assert not dest.exists()
+
+
+def test_conversion_time_is_bounded(tmp_path):
+    path, _, sample = pc.dump_benign(pc.BENIGN[0], tmp_path)
+    with pytest.raises(ConversionError, match="did not finish within"):
+        convert(path, dest_path=tmp_path / "out", sample_input=sample, timeout=0.5)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bare_pickle_needs_a_sample_or_synthetic(tmp_path):
+    path, model, _ = pc.dump_benign(pc.BENIGN[7], tmp_path)  # xgb_classifier, no example anywhere
+    with pytest.raises(InvalidArgumentError, match="no sample input"):
+        convert(path, dest_path=tmp_path / "out")
+    result = convert(path, dest_path=tmp_path / "out", sample_input="synthetic")
+    assert result.rows_compared == 64
+    rows = np.random.default_rng(1).standard_normal((20, 6))
+    _same_predictions(tmp_path / "out", model, rows)
+
+
+def test_existing_destination_is_refused_before_any_work(tmp_path):
+    path, _, sample = pc.dump_benign(pc.BENIGN[0], tmp_path)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(InvalidArgumentError, match="already exists"):
+        convert(path, dest_path=tmp_path / "taken", sample_input=sample)
+
+
+def test_already_safe_model_is_not_converted(tmp_path):
+    import mlflow_safeflavor
+
+    model, sample = pc._svc()
+    mlflow_safeflavor.save_model(model, tmp_path / "safe", input_example=sample[:3])
+    with pytest.raises(InvalidArgumentError, match="already stored with mlflow-safeflavor"):
+        convert(str(tmp_path / "safe"), dest_path=tmp_path / "again")
+
+
+def test_cli_convert_file_with_sample_csv(tmp_path):
+    path, model, sample = pc.dump_benign(pc.BENIGN[3], tmp_path)  # column pipeline with strings
+    sample.to_csv(tmp_path / "sample.csv", index=False)
+    out = tmp_path / "converted"
+    res = CliRunner().invoke(main, ["convert", str(path), "--output", str(out), "--sample", str(tmp_path / "sample.csv")])
+    assert res.exit_code == 0, res.output
+    assert "identical predict" in res.output and str(out) in res.output
+    _same_predictions(out, model, pd.read_csv(tmp_path / "sample.csv"))
+
+
+def test_cli_convert_refusal_is_one_clear_error(tmp_path):
+    evil = tmp_path / "evil.pkl"
+    marker = tmp_path / "MARKER"
+    evil.write_bytes(pc.MALICIOUS["os_system_reduce"][0](marker))
+    res = CliRunner().invoke(main, ["convert", str(evil), "--output", str(tmp_path / "o"), "--sample", __file__])
+    assert res.exit_code == 1
+    assert "posix.system" in res.output and "refused before unpickling" in res.output
+    assert "Traceback" not in res.output and not marker.exists() and not (tmp_path / "o").exists()
