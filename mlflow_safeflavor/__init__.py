@@ -7,9 +7,11 @@ The public surface is the MLflow flavor convention — :func:`save_model`, :func
 
 from mlflow_safeflavor._version import __version__
 from mlflow_safeflavor.errors import (
+    ConversionError,
     IntegrityError,
     InvalidArgumentError,
     MalformedArtifactError,
+    PickleRefusedError,
     SafeFlavorError,
     SignatureError,
     UnsupportedModelError,
@@ -23,16 +25,19 @@ from mlflow_safeflavor.flavor import (
     log_model,
     save_model,
 )
+from mlflow_safeflavor.migrate import convert, scan_pickle
 from mlflow_safeflavor.record import FLAVOR_NAME
 from mlflow_safeflavor.registry import PromotionRejectedError, promote
 from mlflow_safeflavor.signing import sign_model
 from mlflow_safeflavor.spark import spark_udf  # imports pyspark only when called
 
 __all__ = [
+    "ConversionError",
     "FLAVOR_NAME",
     "IntegrityError",
     "InvalidArgumentError",
     "MalformedArtifactError",
+    "PickleRefusedError",
     "PromotionRejectedError",
     "SafeFlavorError",
     "SafeFlavorPyfunc",
@@ -41,11 +46,13 @@ __all__ = [
     "UntrustedTypesError",
     "__version__",
     "_load_pyfunc",
+    "convert",
     "load_model",
     "load_pyfunc",
     "log_model",
     "promote",
     "save_model",
+    "scan_pickle",
     "sign_model",
     "spark_udf",
 ]

@@ -169,7 +169,7 @@ def scan_cmd(path: str, trusted_types: str | None, as_json: bool) -> None:
 @click.argument("source", required=False)
 @click.option("--output", "output", default=None, type=click.Path(file_okay=False), help="Directory to write the converted model to (must not exist).")
 @click.option("--register", "register", default=None, help="Log the converted model and register it under this name.")
-@click.option("--sample", "sample", default=None, type=click.Path(exists=True, dir_okay=False), help="Rows to compare predictions on (.csv, .json, .parquet, .npy); default: the source's input example.")
+@click.option("--sample", "sample", default=None, help="Rows to compare predictions on (.csv, .json, .parquet, .npy file), or 'synthetic' for 64 random rows shaped like the model's input; default: the source's input example.")
 @click.option("--registry", "registry_names", multiple=True, help="Convert every version of this registered model (repeatable).")
 @click.option("--all", "all_models", is_flag=True, help="Convert every version of every registered model.")
 @click.option("--timeout", default=None, type=float, help="Seconds one conversion may take (default MLFLOW_SAFEFLAVOR_CONVERT_TIMEOUT or 600).")
@@ -222,6 +222,36 @@ def _convert_registry(names: list[str] | None, register: str | None, sample: str
         counts = {s: sum(r.status == s for r in rows) for s in ("converted", "refused", "failed", "skipped")}
         click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
     sys.exit(1 if any(r.status in ("refused", "failed") for r in rows) else 0)
+
+
+@main.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on; anything but loopback prints a warning (the page has no login).")
+@click.option("--port", default=5050, show_default=True, type=int)
+@click.option("--tracking-uri", default=None, help="The MLflow server whose registry the page shows and changes (default: MLFLOW_TRACKING_URI).")
+@click.option("--max-upload-mb", default=None, type=click.FloatRange(min=0.001), help="Cap on one upload (default MLFLOW_SAFEFLAVOR_UI_MAX_UPLOAD_MB or 256).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Another Host header name to answer, e.g. the machine's DNS name (repeatable).")
+@click.option("--public-key", "public_keys", multiple=True, help="PEM public key; verify and promote require a valid signature by it (repeatable).")
+@click.option("--signing-key", default=None, type=click.Path(exists=True, dir_okay=False), help="The gate's EC private key (PEM): promotions sign the verified artifacts.")
+@click.option("--signing-password", default=None, envvar="MLFLOW_SAFEFLAVOR_SIGNING_PASSWORD", help="Password of the signing key, if encrypted.")
+@_trusted_option
+def ui_cmd(host: str, port: int, tracking_uri: str | None, max_upload_mb: float | None, allowed_hosts: tuple[str, ...],
+           public_keys: tuple[str, ...], signing_key: str | None, signing_password: str | None, trusted_types: str | None) -> None:
+    """Start the local web page: check and convert pickles, see the registry's safety, convert and promote versions.
+
+    Nothing uploaded is unpickled by the page; every check is the library's (scan, convert, verify, promote).
+    """
+    from mlflow_safeflavor.registry.core import policy_record
+    from mlflow_safeflavor.ui import UIConfig, serve
+
+    policy_record(by="promote", trusted_types=trusted_types, public_key=list(public_keys) or None,
+                  signing_key=signing_key, signing_password=signing_password)  # checks keys before listening
+    config = UIConfig.from_env(
+        host=host, port=port, tracking_uri=tracking_uri, public_key=list(public_keys),
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
+        allowed_hosts=list(allowed_hosts), signing_key=signing_key, signing_password=signing_password,
+        trusted_types=trusted_types,
+    )
+    serve(config)
 
 
 @main.command("demo")
