@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,22 @@ def test_mlflow_builtin_flavor_model_converts_using_its_input_example(tmp_path, 
     assert converted.saved_input_example_info is not None
     if source_meta.signature is not None:
         assert converted.signature.inputs == source_meta.signature.inputs
+
+
+def test_scan_source_looks_inside_mlflow_models(mlflow_sources, tmp_path):
+    from mlflow_safeflavor.migrate import scan_source
+
+    pickled = scan_source(str(mlflow_sources["sklearn-cloudpickle"][0]))
+    assert pickled.ok and "sklearn flavor, cloudpickle" in pickled.container
+    assert "sklearn.linear_model._logistic.LogisticRegression" in {f.name for f in pickled.findings}
+    native = scan_source(str(mlflow_sources["xgboost-native"][0]))
+    assert native.ok and not native.findings and "nothing to unpickle" in native.format()
+    evil = tmp_path / "evil"
+    shutil.copytree(mlflow_sources["sklearn-pickle"][0], evil)
+    (evil / "model.pkl").write_bytes(pc.MALICIOUS["timeit"][0](tmp_path / "MARKER"))
+    res = CliRunner().invoke(main, ["scan", str(evil)])
+    assert res.exit_code == 1 and "timeit.timeit" in res.output and "REFUSED" in res.output
+    assert not (tmp_path / "MARKER").exists()
 
 
 def test_native_crash_inside_an_allowed_class_is_contained(tmp_path):

@@ -391,4 +391,22 @@ def _register(model_dir: Path, src: Source, name: str, result: ConversionResult,
     result.registered_name, result.registered_version = name, str(mv.version)
 
 
-__all__ = ["ConversionResult", "SafeFlavorError", "convert"]
+
+
+def scan_source(source: str | os.PathLike, *, trusted_types: str | Iterable[str] | None = None) -> ScanReport:
+    """Scan what :func:`convert` would unpickle for ``source`` (a pickle file or an MLflow model URI).
+
+    For an MLflow model written with pickle or cloudpickle this downloads the model and scans its
+    payload; a native or skops payload has nothing to unpickle, which the report says in
+    ``container`` with no findings. Raises InvalidArgumentError/UnsupportedModelError for a source
+    :func:`convert` would not take either.
+    """
+    with tempfile.TemporaryDirectory(prefix="safeflavor-scan-") as tmp:
+        src = resolve(source, Path(tmp))
+        if src.kind != "pickle":
+            return ScanReport(source=src.label, container=f"{src.flavor} flavor, {src.serialization} (nothing to unpickle)")
+        label = src.label if src.root is None else f"{src.label} ({src.file.name})"
+        report = scan_pickle(src.file, label=label, trusted_types=trusted_types)
+        if src.root is not None:
+            report.container = f"{src.flavor} flavor, {src.serialization}: {report.container}"
+        return report

@@ -118,14 +118,18 @@ class ScanReport:
 
     def format(self) -> str:
         """A human-readable table of the scan."""
-        lines = [f"{self.source}: {self.container}, protocol {self.protocol}, {self.size} bytes"]
+        proto = f", protocol {self.protocol}, {self.size} bytes" if self.protocol is not None else ""
+        lines = [f"{self.source}: {self.container}{proto}"]
         for f in self.findings:
             mark = "allowed" if f.allowed else "REFUSED"
             lines.append(f"  {mark:8} {f.name}  [{f.where}, x{f.count}]  {f.reason}")
         lines += [f"  PROBLEM  {p}" for p in self.problems]
         if self.fickling:
             lines.append(f"  fickling (second opinion): {self.fickling.get('severity')}")
-        lines.append("verdict: " + ("every import is allowed" if self.ok else "refused"))
+        if self.ok and not self.findings:
+            lines.append("verdict: nothing to unpickle" if self.protocol is None else "verdict: the pickle imports nothing")
+        else:
+            lines.append("verdict: " + ("every import is allowed" if self.ok else "refused"))
         return "\n".join(lines)
 
 
