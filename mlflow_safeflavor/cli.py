@@ -150,17 +150,18 @@ def webhook_cmd(host: str, port: int, secret: str, tracking_uri: str | None, pub
 
 
 @main.command("scan")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source")
 @_trusted_option
 @click.option("--json", "as_json", is_flag=True, help="Print the scan as JSON.")
-def scan_cmd(path: str, trusted_types: str | None, as_json: bool) -> None:
-    """Statically scan a .pkl/.pickle/.joblib file: every import it would make, allowed or refused.
+def scan_cmd(source: str, trusted_types: str | None, as_json: bool) -> None:
+    """Statically scan a .pkl/.pickle/.joblib file (or the pickle inside an MLflow model URI).
 
-    Nothing is unpickled. Exits 0 when every import is on the allowlist, 1 otherwise.
+    Lists every import it would make, allowed or refused and why; nothing is unpickled. Exits 0
+    when every import is on the allowlist, 1 otherwise.
     """
-    from mlflow_safeflavor.migrate import scan_pickle
+    from mlflow_safeflavor.migrate import scan_source
 
-    report = scan_pickle(path, trusted_types=trusted_types)
+    report = scan_source(source, trusted_types=trusted_types)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
     sys.exit(0 if report.ok else 1)
 
