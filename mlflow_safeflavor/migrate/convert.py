@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from mlflow_safeflavor.errors import ConversionError, InvalidArgumentError, PickleRefusedError, SafeFlavorError, UntrustedTypesError
 from mlflow_safeflavor.migrate.pickles import ScanReport, scan_pickle
 from mlflow_safeflavor.migrate.source import Source, resolve
+from mlflow_safeflavor.settings import env_number
 
 ENV_CONVERT_TIMEOUT = "MLFLOW_SAFEFLAVOR_CONVERT_TIMEOUT"
 ENV_CONVERT_MEMORY_MB = "MLFLOW_SAFEFLAVOR_CONVERT_MEMORY_MB"
@@ -241,25 +242,12 @@ def _write_data(data: Any, stem: Path) -> dict[str, str]:
     return {"format": "npy", "path": str(path)}
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgumentError(f"{name}={raw!r} is not a number.") from None
-    if value <= 0:
-        raise InvalidArgumentError(f"{name}={raw!r} must be positive.")
-    return value
-
-
 def _run_child(job: dict[str, Any], timeout: float | None) -> Any:
     from mlflow_safeflavor.integrity import DEFAULT_MAX_FILE_BYTES, ENV_MAX_FILE_BYTES, _cap
     from mlflow_safeflavor.registry.smoke import run_limited
 
-    timeout = timeout if timeout is not None else _float_env(ENV_CONVERT_TIMEOUT, DEFAULT_TIMEOUT)
-    memory = int(_float_env(ENV_CONVERT_MEMORY_MB, DEFAULT_MEMORY_MB))
+    timeout = timeout if timeout is not None else env_number(ENV_CONVERT_TIMEOUT, DEFAULT_TIMEOUT)
+    memory = int(env_number(ENV_CONVERT_MEMORY_MB, DEFAULT_MEMORY_MB))
     outcome = run_limited(
         [CHILD_MODULE, str(Path(job["out"]).parent / "job.json")],
         timeout=timeout, memory_mb=memory, file_bytes=_cap(ENV_MAX_FILE_BYTES, DEFAULT_MAX_FILE_BYTES),

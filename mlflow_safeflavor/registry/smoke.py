@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from mlflow_safeflavor.settings import env_number
+
 ENV_SMOKE_TIMEOUT = "MLFLOW_SAFEFLAVOR_SMOKE_TIMEOUT"
 ENV_SMOKE_MEMORY_MB = "MLFLOW_SAFEFLAVOR_SMOKE_MEMORY_MB"
 DEFAULT_TIMEOUT = 120.0
@@ -68,21 +70,6 @@ class SmokeResult:
     returncode: int | None = None
 
 
-def _float_env(name: str, default: float) -> float:
-    from mlflow_safeflavor.errors import InvalidArgumentError
-
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgumentError(f"{name}={raw!r} is not a number.") from None
-    if value <= 0:
-        raise InvalidArgumentError(f"{name}={raw!r} must be positive.")
-    return value
-
-
 def smoke_test(
     root: str | os.PathLike,
     *,
@@ -125,8 +112,8 @@ def run_limited(
     whole process group is killed when it ends. ``file_bytes`` caps every file the child writes;
     ``timeout_env`` and ``what`` only shape the messages.
     """
-    timeout = timeout if timeout is not None else _float_env(ENV_SMOKE_TIMEOUT, DEFAULT_TIMEOUT)
-    memory_mb = int(memory_mb if memory_mb is not None else _float_env(ENV_SMOKE_MEMORY_MB, DEFAULT_MEMORY_MB))
+    timeout = timeout if timeout is not None else env_number(ENV_SMOKE_TIMEOUT, DEFAULT_TIMEOUT)
+    memory_mb = int(memory_mb if memory_mb is not None else env_number(ENV_SMOKE_MEMORY_MB, DEFAULT_MEMORY_MB))
     env = dict(os.environ)
     memory_bytes = memory_mb * 1024 * 1024
     # integrity.read_file asks for cap+1 bytes in one read() and CPython reserves that much address
