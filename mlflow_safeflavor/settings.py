@@ -7,10 +7,11 @@ import os
 from mlflow_safeflavor.errors import InvalidArgumentError
 
 
-def env_number(name: str, default: float) -> float:
-    """The positive number in environment variable ``name``, or ``default`` when it is unset or empty.
+def env_number(name: str, default: float, *, minimum: float | None = None) -> float:
+    """The number in environment variable ``name``, or ``default`` when it is unset or empty.
 
-    Raises InvalidArgumentError naming the variable when it is not a positive number.
+    The number must be positive, or at least ``minimum`` when one is given; otherwise
+    InvalidArgumentError names the variable.
     """
     raw = os.environ.get(name)
     if not raw:
@@ -19,6 +20,8 @@ def env_number(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise InvalidArgumentError(f"{name}={raw!r} is not a number.") from None
-    if not value > 0:
+    if minimum is None and not value > 0:
         raise InvalidArgumentError(f"{name}={raw!r} must be positive.")
+    if minimum is not None and not value >= minimum:
+        raise InvalidArgumentError(f"{name}={raw!r} must be at least {minimum:g}.")
     return value

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_safeflavor.errors import InvalidArgumentError
+from mlflow_safeflavor.settings import env_number
 
 ENV_MAX_UPLOAD_MB = "MLFLOW_SAFEFLAVOR_UI_MAX_UPLOAD_MB"
 ENV_TTL = "MLFLOW_SAFEFLAVOR_UI_TTL"
@@ -24,19 +24,6 @@ DEFAULT_MAX_UPLOAD_MB = 256.0
 DEFAULT_TTL_SECONDS = 900.0
 DEFAULT_WORKERS = 2
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
-
-
-def _number(name: str, default: float, *, minimum: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgumentError(f"{name}={raw!r} is not a number.") from None
-    if value < minimum:
-        raise InvalidArgumentError(f"{name}={raw!r} must be at least {minimum:g}.")
-    return value
 
 
 def is_loopback(host: str) -> bool:
@@ -84,9 +71,9 @@ class UIConfig:
     def from_env(cls, **overrides: Any) -> "UIConfig":
         """Defaults from the environment, then ``overrides`` (None values are ignored)."""
         config = cls(
-            max_upload_bytes=int(_number(ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB, minimum=0.001) * 1024 * 1024),
-            ttl_seconds=_number(ENV_TTL, DEFAULT_TTL_SECONDS, minimum=1),
-            workers=int(_number(ENV_WORKERS, DEFAULT_WORKERS, minimum=1)),
+            max_upload_bytes=int(env_number(ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB, minimum=0.001) * 1024 * 1024),
+            ttl_seconds=env_number(ENV_TTL, DEFAULT_TTL_SECONDS, minimum=1),
+            workers=int(env_number(ENV_WORKERS, DEFAULT_WORKERS, minimum=1)),
         )
         for key, value in overrides.items():
             if not hasattr(config, key):
