@@ -17,6 +17,7 @@ from mlflow_safeflavor.errors import (
     UnsupportedModelError,
     UntrustedTypesError,
 )
+from mlflow_safeflavor.export import OnnxExportWarning  # imports nothing heavy
 from mlflow_safeflavor.flavor import (
     SafeFlavorPyfunc,
     _load_pyfunc,
@@ -37,6 +38,7 @@ __all__ = [
     "IntegrityError",
     "InvalidArgumentError",
     "MalformedArtifactError",
+    "OnnxExportWarning",
     "PickleRefusedError",
     "PromotionRejectedError",
     "SafeFlavorError",

@@ -7,6 +7,7 @@ the artifact is imported before the policy check passes; codecs and classes come
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mlflow_safeflavor import envfiles, integrity
+from mlflow_safeflavor import export as _export
 from mlflow_safeflavor import policy as _policy
 from mlflow_safeflavor._version import __version__
 from mlflow_safeflavor.codecs import codec_for, get_codec
@@ -33,6 +35,8 @@ _logger = logging.getLogger(__name__)
 LOADER_MODULE = "mlflow_safeflavor"
 # Keys MLflow's Model.log forwards to every flavor's save_model; they do not concern storage.
 _IGNORED_SAVE_KWARGS = {"validate_serving_input", "prompts", "resources", "auth_policy", "serving_input"}
+BACKENDS = ("auto", "native", "onnx")
+ENV_BACKEND = "MLFLOW_SAFEFLAVOR_BACKEND"
 
 
 # ----------------------------------------------------------------------------------------- save
@@ -52,6 +56,7 @@ def save_model(
     model_format: str | None = None,
     conda_env: Any = None,
     mlflow_model: Any = None,
+    onnx: bool | str | None = None,
     **kwargs: Any,
 ) -> None:
     """Save ``model`` as an MLflow model directory at ``path``, without pickle.
@@ -62,6 +67,13 @@ def save_model(
     trusted beyond skops' defaults; ``trusted_types`` declares extra types the model may need. The
     model is written to a temporary directory next to ``path`` and moved into place, so an error
     leaves nothing behind. Raises a SafeFlavorError subclass on bad input or an unsupported model.
+
+    ``onnx`` ("auto" by default, or ``$MLFLOW_SAFEFLAVOR_ONNX``) adds ``model.onnx``, an ONNX
+    export made by the library's own converter from the checkpoint just written, kept only if it
+    agrees with the checkpoint on the input example and a sample covering the model's thresholds
+    (docs/onnx.md); the pyfunc then serves the methods it covers with onnxruntime. With "auto" a
+    model that does not convert or agree is saved without it and an ``OnnxExportWarning`` says
+    why; ``onnx=True`` makes that an error; ``onnx=False`` skips the export.
     """
     from mlflow.models import Model
     from mlflow.models.signature import ModelSignature
@@ -81,6 +93,7 @@ def save_model(
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidArgumentError(f"metadata must be a dict, got {type(metadata).__name__}.")
     extra_trusted = _policy.parse_type_list(trusted_types, source="trusted_types=")
+    onnx_mode = _export.resolve_mode(onnx)
     unknown = sorted(set(kwargs) - _IGNORED_SAVE_KWARGS)
     if unknown:
         _logger.warning("mlflow_safeflavor.save_model: ignoring unknown arguments %s", unknown)
@@ -115,6 +128,16 @@ def save_model(
             if looks_like_pickle(data[:2]):
                 raise UnsupportedModelError(f"{name} came out as a pickle stream; refusing to write it.")
             digests[name] = integrity.sha256_digest(data)
+        requirements = list(saved.requirements)
+        onnx_record = None
+        if onnx_mode != "off":
+            checkpoint = {"codec": codec.name, "model_class": saved.model_class, "files": list(saved.files),
+                          "trusted_types": list(saved.trusted_types), **saved.extra}
+            made = _export.export(tmp, checkpoint, input_example, mode=onnx_mode, target=target)
+            if made is not None:
+                onnx_record = made["record"]
+                digests[_export.FILE] = integrity.sha256_digest(made["data"])
+                requirements += made["requirements"]
 
         mlflow_model = mlflow_model if mlflow_model is not None else Model()
         saved_example = _save_example(mlflow_model, input_example, str(tmp))
@@ -135,6 +158,8 @@ def save_model(
             loader_module=LOADER_MODULE,
             conda_env="conda.yaml",
             python_env="python_env.yaml",
+            # Declared so that mlflow.pyfunc.load_model(..., model_config={"backend": ...}) reaches us.
+            model_config={"backend": "auto"},
         )
         record = {
             "format_version": FORMAT_VERSION,
@@ -147,12 +172,16 @@ def save_model(
             "safeflavor_version": __version__,
             **saved.extra,
         }
+        if onnx_record is not None:
+            record["onnx"] = onnx_record
+            # Never write a record our own loader would refuse.
+            parse_record({"flavors": {FLAVOR_NAME: record}}, root=target)
         mlflow_model.add_flavor(FLAVOR_NAME, **record)
         mlflow_model.model_size_bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         mlflow_model.save(str(tmp / "MLmodel"))
         envfiles.write(
             str(tmp),
-            saved.requirements,
+            requirements,
             pip_requirements=pip_requirements,
             extra_pip_requirements=extra_pip_requirements,
             conda_env=conda_env,
@@ -166,17 +195,19 @@ def save_model(
 
 
 def _with_predict_param(signature: Any, predict_method: str) -> Any:
-    """Return ``signature`` with a ``predict_method`` string param so MLflow passes it through."""
+    """Return ``signature`` with ``predict_method`` and ``backend`` string params so MLflow passes them through."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    spec = ParamSpec("predict_method", "string", predict_method)
+    wanted = [ParamSpec("predict_method", "string", predict_method), ParamSpec("backend", "string", "auto")]
     if signature is None:
-        return ModelSignature(inputs=None, outputs=None, params=ParamSchema([spec]))
+        return ModelSignature(inputs=None, outputs=None, params=ParamSchema(wanted))
     params = list(signature.params.params) if signature.params else []
-    if any(p.name == "predict_method" for p in params):
+    have = {p.name for p in params}
+    added = [spec for spec in wanted if spec.name not in have]
+    if not added:
         return signature
-    return ModelSignature(inputs=signature.inputs, outputs=signature.outputs, params=ParamSchema([*params, spec]))
+    return ModelSignature(inputs=signature.inputs, outputs=signature.outputs, params=ParamSchema([*params, *added]))
 
 
 def log_model(
@@ -192,6 +223,7 @@ def log_model(
     metadata: dict[str, Any] | None = None,
     predict_method: str = "predict",
     model_format: str | None = None,
+    onnx: bool | str | None = None,
     params: dict[str, Any] | None = None,
     tags: dict[str, Any] | None = None,
     model_type: str | None = None,
@@ -232,6 +264,7 @@ def log_model(
         extra_pip_requirements=extra_pip_requirements,
         predict_method=predict_method,
         model_format=model_format,
+        onnx=onnx,
         **kwargs,
     )
 
@@ -335,6 +368,49 @@ def _load_local(
     return model, prep
 
 
+def _resolve_backend(backend: Any, *, source: str = "backend=") -> str:
+    """A valid backend name; None reads ``$MLFLOW_SAFEFLAVOR_BACKEND`` (default "auto")."""
+    if backend is None:
+        backend, source = os.environ.get(ENV_BACKEND) or "auto", f"{ENV_BACKEND}="
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"{source}{backend!r} is not one of {BACKENDS}.")
+    return backend
+
+
+def _onnx_runner(prep: Prepared, backend: str) -> Any:
+    """The verified onnxruntime runner for the model's export, or None when it is not to be used.
+
+    "native" never touches the export. "auto" uses it when it agreed at save time and the onnx
+    extra is installed (otherwise a log line and the native model); "onnx" requires it. An export
+    that fails validation is refused in both cases: the directory was tampered with.
+    """
+    spec = prep.record.onnx
+    if backend == "native":
+        return None
+    where = f"{prep.root}/{_export.FILE}"
+    if spec is None or not spec.agreed:
+        if backend == "onnx":
+            raise InvalidArgumentError(
+                f"{prep.root}: backend='onnx' but the model has no agreed ONNX export. Re-save it with "
+                "save_model(..., onnx=True) to see why, or use backend='native' or 'auto'.",
+                path=str(prep.root),
+            )
+        return None
+    missing = [m for m in _export.RUNTIME_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        if backend == "onnx":
+            raise InvalidArgumentError(
+                f"{where}: backend='onnx' needs the onnx extra ({', '.join(missing)} missing): "
+                "pip install 'mlflow-safeflavor[onnx]', or use backend='native'.",
+                path=str(prep.root),
+            )
+        _logger.warning("mlflow_safeflavor: %s is served by the native model: %s not installed.", prep.root, ", ".join(missing))
+        return None
+    from mlflow_safeflavor.export.runtime import OnnxRunner
+
+    return OnnxRunner(prep.blobs[spec.file], spec.spec(), path=where)
+
+
 def _download(model_uri: str, dst_path: str | None = None, *, check_registry: bool = False) -> str:
     from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
@@ -357,6 +433,7 @@ def load_model(
     trusted_types: Iterable[str] | None = None,
     dst_path: str | None = None,
     public_key: Any = None,
+    backend: str = "native",
 ) -> Any:
     """Load a safe-flavor model from any MLflow URI and return the native model object.
 
@@ -367,9 +444,20 @@ def load_model(
     PEM path or several) or ``MLFLOW_SAFEFLAVOR_PUBLIC_KEY`` set, a valid signature over the whole
     directory is mandatory. For ``models:/name@alias`` and ``models:/name/version`` the version's
     artifacts must still match its ``safeflavor.verified`` tag when the registry gate set one.
+
+    ``backend="onnx"`` returns an ``OnnxModel`` instead: ``predict``/``predict_proba`` run in
+    onnxruntime on the model's verified ONNX export (an error if there is none, or for input it
+    cannot take faithfully), everything else is the native model's (``.native``); ``"auto"``
+    returns that object when the export is usable, falling back per call, else the native model.
     """
-    model, _ = _load_local(_download(model_uri, dst_path, check_registry=True), trusted_types, public_key)
-    return model
+    backend = _resolve_backend(backend)
+    model, prep = _load_local(_download(model_uri, dst_path, check_registry=True), trusted_types, public_key)
+    runner = _onnx_runner(prep, backend)
+    if runner is None:
+        return model
+    from mlflow_safeflavor.export.runtime import OnnxModel
+
+    return OnnxModel(runner, model, prep.codec, strict=backend == "onnx")
 
 
 def load_pyfunc(
@@ -378,18 +466,22 @@ def load_pyfunc(
     trusted_types: Iterable[str] | None = None,
     dst_path: str | None = None,
     public_key: Any = None,
+    backend: str | None = None,
 ) -> Any:
     """Load a safe-flavor model as an ``mlflow.pyfunc.PyFuncModel`` with this package's loader.
 
     Unlike ``mlflow.pyfunc.load_model`` it never reads or imports the ``loader_module`` written in
     MLmodel, so it is the way to load a model whose directory you do not trust; signature
     enforcement and ``params`` work as in MLflow. Registry URIs get the ``safeflavor.verified``
-    check of :func:`load_model`.
+    check of :func:`load_model`. ``backend`` ("auto" unless ``$MLFLOW_SAFEFLAVOR_BACKEND`` says
+    otherwise) is the default for calls that do not pass ``params={"backend": ...}``.
     """
     from mlflow.models import Model
     from mlflow.pyfunc import PyFuncModel
 
+    backend = _resolve_backend(backend)
     model, prep = _load_local(_download(model_uri, dst_path, check_registry=True), trusted_types, public_key)
+    runner = _onnx_runner(prep, backend)
     try:
         meta = Model.from_dict(prep.mlmodel)
     except Exception as exc:
@@ -398,33 +490,68 @@ def load_pyfunc(
             f"{str(exc)[:200]}). Re-save the model.",
             path=str(prep.root),
         ) from None
-    return PyFuncModel(model_meta=meta, model_impl=SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method))
+    impl = SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method, onnx=runner, backend=backend)
+    return PyFuncModel(model_meta=meta, model_impl=impl)
 
 
 def _load_pyfunc(path: str, model_config: Any = None) -> "SafeFlavorPyfunc":
-    """MLflow's pyfunc entry point (``loader_module: mlflow_safeflavor``); ``path`` is the model dir or a file in it."""
+    """MLflow's pyfunc entry point (``loader_module: mlflow_safeflavor``); ``path`` is the model dir or a file in it.
+
+    ``model_config={"backend": "native"|"onnx"}`` (``mlflow.pyfunc.load_model(...,
+    model_config=...)``) overrides ``$MLFLOW_SAFEFLAVOR_BACKEND`` as the default backend; "auto"
+    (what MLmodel declares) leaves the choice to the environment.
+    """
+    chosen = model_config.get("backend") if isinstance(model_config, dict) else None
+    if chosen in (None, "auto"):
+        backend = _resolve_backend(None)
+    else:
+        backend = _resolve_backend(chosen, source="model_config backend=")
     model, prep = _load_local(path, None)
-    return SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method)
+    runner = _onnx_runner(prep, backend)
+    return SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method, onnx=runner, backend=backend)
 
 
 # -------------------------------------------------------------------------------------- pyfunc
 
 
 class SafeFlavorPyfunc:
-    """The pyfunc implementation: ``predict(data, params=None)`` with a choosable predict method."""
+    """The pyfunc implementation: ``predict(data, params=None)`` with a choosable method and backend.
 
-    def __init__(self, model: Any, codec: Codec, predict_method: str = "predict") -> None:
+    ``onnx`` is the verified runner of the model's ONNX export (or None); ``backend`` the default
+    for calls whose ``params`` say ``"auto"`` or nothing.
+    """
+
+    def __init__(self, model: Any, codec: Codec, predict_method: str = "predict", *, onnx: Any = None,
+                 backend: str = "auto") -> None:
         self.model = model
         self.codec = codec
         self.predict_method = predict_method
+        self.onnx = onnx
+        self.backend = backend
+
+    def _native_predict(self, rows: Any) -> Any:
+        return self.codec.predict(self.model, "predict", rows)
+
+    def _no_export_reason(self, method: str) -> str:
+        if self.onnx is not None:
+            return f"its ONNX export covers {sorted(self.onnx.methods)}, not {method!r}"
+        if self.backend == "native":
+            return "it was loaded with backend='native'"
+        return "the model has no usable ONNX export"
 
     def get_raw_model(self) -> Any:
         """Return the native model object (as MLflow's own pyfunc wrappers do)."""
         return self.model
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
-        """Predict with ``params["predict_method"]`` (default: the method recorded at save time)."""
-        method = (params or {}).get("predict_method") or self.predict_method
+        """Predict with ``params["predict_method"]`` (default: the method recorded at save time).
+
+        ``params["backend"]``: "auto" (the loader's default: onnxruntime for the methods the export
+        covers and input it can take faithfully, the native model otherwise), "native" or "onnx"
+        (an error when the export cannot answer this call).
+        """
+        params = params or {}
+        method = params.get("predict_method") or self.predict_method
         if method not in PREDICT_METHODS:
             raise InvalidArgumentError(
                 f"predict_method={method!r} is not one of {PREDICT_METHODS}."
@@ -435,4 +562,19 @@ class SafeFlavorPyfunc:
                 f"predict_method={method!r}: {type(self.model).__name__} has no such method; "
                 f"choose one of {have}."
             )
+        backend = params.get("backend") or "auto"
+        if backend not in BACKENDS:
+            raise InvalidArgumentError(f"backend={backend!r} is not one of {BACKENDS}.")
+        if backend == "auto":
+            backend = self.backend
+        if backend != "native":
+            if self.onnx is not None and method in self.onnx.methods:
+                out = self.onnx.predict(method, data, fallback=self._native_predict)
+                if not isinstance(out, str):
+                    return out
+                why = out
+            else:
+                why = self._no_export_reason(method)
+            if backend == "onnx":
+                raise InvalidArgumentError(f"backend='onnx' cannot answer this call: {why}. Use backend='native' or 'auto'.")
         return self.codec.predict(self.model, method, data)

@@ -32,6 +32,7 @@ class Record:
     predict_method: str
     library_versions: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    onnx: "OnnxRecord | None" = None
 
     def get(self, key: str, default: Any = None) -> Any:
         """Codec-facing view: the record behaves like the raw mapping."""
@@ -108,6 +109,7 @@ def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
     versions = section.get("library_versions", {})
     if not isinstance(versions, dict):
         raise bad("library_versions", "a mapping")
+    onnx = parse_onnx(section["onnx"], files=files, root=root) if "onnx" in section else None
     return Record(
         codec=codec,
         model_class=model_class,
@@ -116,4 +118,123 @@ def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
         predict_method=method,
         library_versions={str(k): str(v) for k, v in versions.items()},
         raw=dict(section),
+        onnx=onnx,
     )
+
+
+# ----------------------------------------------------------------------------------- onnx
+
+
+ONNX_FILE = "model.onnx"
+ONNX_CONVERTERS = ("skl2onnx", "onnxmltools", "catboost")
+ONNX_METHODS = ("predict", "predict_proba")
+ONNX_TYPES = ("float", "int", "string")
+MAX_COLUMNS = 100_000
+
+
+@dataclass(frozen=True)
+class OnnxRecord:
+    """The checked ``onnx`` sub-record: a claim about ``model.onnx`` that the loader verifies.
+
+    The file must be among the digested files; how it is fed (``inputs``) and which methods it
+    answers (``methods``) decide whether a call may use it; the rest documents the save-time
+    agreement check (converter versions, opset, sample size, largest difference, tolerance).
+    """
+
+    file: str
+    converter: str
+    versions: dict[str, str]
+    opset: dict[str, int]
+    inputs: dict[str, Any]
+    methods: dict[str, dict[str, Any]]
+    sample_size: int
+    max_abs_diff: dict[str, float]
+    tolerance: dict[str, float]
+    agreed: bool
+
+    def spec(self) -> dict[str, Any]:
+        """What :class:`mlflow_safeflavor.export.runtime.OnnxRunner` needs."""
+        return {"inputs": self.inputs, "methods": self.methods}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and v >= 0
+
+
+def parse_onnx(doc: Any, *, files: dict[str, Any], root: Path) -> OnnxRecord:
+    """Check the ``onnx`` sub-record strictly (exact keys, types, ranges) and return it.
+
+    Raises MalformedArtifactError naming the key; the file it names must be ``model.onnx`` and
+    listed (so digested) in ``files``.
+    """
+    where = f"{root}/MLmodel"
+
+    def bad(key: str, want: str) -> MalformedArtifactError:
+        found = doc.get(key) if isinstance(doc, dict) else doc
+        return MalformedArtifactError(
+            f"{where}: safeflavor.onnx{'.' + key if key else ''} must be {want}, found {found!r:.120}. "
+            "The file was altered or written by another tool; re-save the model (or with onnx=False).",
+            path=str(root),
+        )
+
+    keys = {f for f in OnnxRecord.__dataclass_fields__}
+    if not isinstance(doc, dict) or set(doc) != keys:
+        raise bad("", f"a mapping with exactly the keys {sorted(keys)}")
+    if doc["file"] != ONNX_FILE or ONNX_FILE not in files:
+        raise bad("file", f"{ONNX_FILE!r}, listed with its digest in safeflavor.files")
+    if doc["converter"] not in ONNX_CONVERTERS:
+        raise bad("converter", f"one of {ONNX_CONVERTERS}")
+    versions = doc["versions"]
+    if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items()):
+        raise bad("versions", "a mapping of package names to version strings")
+    opset = doc["opset"]
+    if not isinstance(opset, dict) or not opset or not all(isinstance(k, str) and _is_int(v) and 0 < v < 1000 for k, v in opset.items()):
+        raise bad("opset", "a mapping of operator domains to opset versions")
+    inputs = doc["inputs"]
+    if not _inputs_ok(inputs):
+        raise bad("inputs", "{kind: matrix|columns, columns, types, width} describing the export's input")
+    methods = doc["methods"]
+    if not isinstance(methods, dict) or not methods or not all(
+        m in ONNX_METHODS and isinstance(v, dict) and set(v) == {"output", "kind", "ndim"}
+        and isinstance(v["output"], str) and 0 < len(v["output"]) <= 256
+        and v["kind"] in ("label", "value") and v["ndim"] in (1, 2)
+        for m, v in methods.items()
+    ):
+        raise bad("methods", f"a mapping of methods in {ONNX_METHODS} to {{output, kind, ndim}}")
+    if not _is_int(doc["sample_size"]) or doc["sample_size"] < 1:
+        raise bad("sample_size", "a positive integer")
+    diffs = doc["max_abs_diff"]
+    if not isinstance(diffs, dict) or set(diffs) != set(methods) or not all(_is_num(v) for v in diffs.values()):
+        raise bad("max_abs_diff", "one non-negative number per method")
+    tol = doc["tolerance"]
+    if not isinstance(tol, dict) or set(tol) != {"rtol", "atol"} or not all(_is_num(v) for v in tol.values()):
+        raise bad("tolerance", "{rtol, atol} as non-negative numbers")
+    if not isinstance(doc["agreed"], bool):
+        raise bad("agreed", "true or false")
+    return OnnxRecord(
+        file=ONNX_FILE, converter=doc["converter"], versions=dict(versions), opset=dict(opset),
+        inputs=dict(inputs), methods={m: dict(v) for m, v in methods.items()}, sample_size=doc["sample_size"],
+        max_abs_diff={m: float(v) for m, v in diffs.items()},
+        tolerance={k: float(v) for k, v in tol.items()}, agreed=doc["agreed"],
+    )
+
+
+def _inputs_ok(inputs: Any) -> bool:
+    if not isinstance(inputs, dict) or set(inputs) != {"kind", "columns", "types", "width"}:
+        return False
+    width, columns, types = inputs["width"], inputs["columns"], inputs["types"]
+    if not _is_int(width) or not 0 < width <= MAX_COLUMNS:
+        return False
+    if columns is not None and (not isinstance(columns, list) or len(columns) != width
+                                or not all(isinstance(c, str) for c in columns)):
+        return False
+    if inputs["kind"] == "matrix":
+        return types is None
+    if inputs["kind"] == "columns":
+        return (columns is not None and isinstance(types, list) and len(types) == width
+                and all(t in ONNX_TYPES for t in types))
+    return False

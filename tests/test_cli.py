@@ -61,14 +61,15 @@ def test_console_script_is_installed_and_reports_version():
 
 
 def test_import_is_cheap_and_lazy():
-    """Importing the package adds none of the model libraries, skops, pyspark or model-signing.
+    """Importing the package adds none of the model libraries, skops, pyspark, model-signing or ONNX.
 
     (``import mlflow`` itself may import pyspark when it is installed; only what we add counts.)
     """
     code = (
         "import sys, mlflow, mlflow.exceptions, mlflow.models; before = set(sys.modules); "
         "import mlflow_safeflavor; added = set(sys.modules) - before; "
-        "print(sorted(m for m in ('xgboost','lightgbm','catboost','skops','sklearn','pyspark','model_signing') "
+        "print(sorted(m for m in ('xgboost','lightgbm','catboost','skops','sklearn','pyspark','model_signing', "
+        "'onnx','onnxruntime','skl2onnx','onnxmltools') "
         "if any(a == m or a.startswith(m + '.') for a in added)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
