@@ -214,17 +214,19 @@ def serve_bench(res: dict[str, Any], X1: pd.DataFrame, n: int) -> dict[str, tupl
     out = {}
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     base_env["PATH"] = f"{BIN}{os.pathsep}{base_env.get('PATH', '')}"
+    mlflow_serve = [sys.executable, "-m", "mlflow", "models", "serve", "--env-manager", "local", "-m"]
+    hardened = [str(BIN / "mlflow-safeflavor"), "serve"]
     plans = {
-        "builtin": (res["dirs"]["builtin"], {}),
-        "ours, native": (res["dirs"]["ours"], {"MLFLOW_SAFEFLAVOR_BACKEND": "native"}),
-        "ours, onnx (default)": (res["dirs"]["ours"], {}),
+        "builtin": (mlflow_serve, res["dirs"]["builtin"], {}),
+        "ours, native": (mlflow_serve, res["dirs"]["ours"], {"MLFLOW_SAFEFLAVOR_BACKEND": "native"}),
+        "ours, onnx (default)": (mlflow_serve, res["dirs"]["ours"], {}),
+        "ours, onnx, `mlflow-safeflavor serve`": (hardened, res["dirs"]["ours"], {}),
     }
-    for name, (model_dir, extra) in plans.items():
+    for name, (cmd, model_dir, extra) in plans.items():
         port = _free_port()
         log = open(Path(model_dir).parent / f"serve-{port}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_dir, "--env-manager",
-                                 "local", "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                env={**base_env, **extra}, start_new_session=True)
+        proc = subprocess.Popen([*cmd, model_dir, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, env={**base_env, **extra}, start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.time() + 300
@@ -300,7 +302,7 @@ def report(results: list[dict[str, Any]], serving: dict[str, dict]) -> str:
           f"{r['agreement']['max_abs_diff'].get('predict_proba', 0):.1e} | {'yes' if r['labels_identical_10k'] else '**NO**'} | "
           f"{r['proba_max_diff_10k']:.1e} |")
     if serving:
-        w("\n### `mlflow models serve`, single-row requests (one worker, one sequential client)\n")
+        w("\n### Scoring servers, single-row requests (one worker, one sequential client)\n")
         w("| model | server | requests/s | p50 ms | p99 ms | p50 vs built-in |")
         w("|---|---|---:|---:|---:|---:|")
         for key, per in serving.items():
