@@ -33,7 +33,8 @@ class FastInvocations:
     MLflow's ``/invocations`` spends about 7 ms of a one-row request on a 30-column model casting
     and re-checking each column with pandas, 5–30× the prediction itself with the ONNX backend.
     When the model's input schema is all ``double``/``float`` columns and a JSON request is exactly
-    ``{"dataframe_split": {"columns": <the schema's names, in order>, "data": [[numbers]]}}``, the
+    ``{"dataframe_split": {"columns": <the schema's names, in order>, "data": [[numbers]]}}`` (an
+    ``index`` of the right length may come along, as pandas writes it), the
     result of that enforcement is known in advance — one float64 DataFrame with those columns — so
     it is built directly and MLflow's own ``predictions_to_json`` writes the answer. Anything else
     (other keys, ``params``, other columns or order, strings, bools, null, NaN, a failing predict)
@@ -95,10 +96,14 @@ class FastInvocations:
         if not isinstance(doc, dict) or list(doc) != ["dataframe_split"]:
             return None
         split = doc["dataframe_split"]
-        if not isinstance(split, dict) or set(split) != {"columns", "data"} or split["columns"] != list(self.columns):
+        if (not isinstance(split, dict) or not {"columns", "data"} <= set(split) <= {"columns", "data", "index"}
+                or split["columns"] != list(self.columns)):
             return None
         data, width = split["data"], len(self.columns)
         if not isinstance(data, list) or not data:
+            return None
+        # pandas' to_dict(orient="split") sends an index; the answer is a list, so it plays no part.
+        if "index" in split and not (isinstance(split["index"], list) and len(split["index"]) == len(data)):
             return None
         for row in data:
             if not isinstance(row, list) or len(row) != width or not all(type(v) in (int, float) for v in row):

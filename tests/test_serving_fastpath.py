@@ -66,6 +66,9 @@ def test_numeric_requests_answer_like_mlflow(tmp_path, data, onnx):
         assert app._parse("application/json", body) is not None
         fast, slow = _call(app, body), _call(app.app, body)
         assert fast == slow and fast[0] == 200
+        with_index = json.dumps({"dataframe_split": {"index": list(range(100, 100 + n)), "columns": COLS, "data": rows}}).encode()
+        assert app._parse("application/json", with_index) is not None
+        assert _call(app, with_index) == slow
         assert '"yes"' in fast[1].decode() or '"no"' in fast[1].decode()
 
 
@@ -85,13 +88,13 @@ def test_regression_floats_identical(tmp_path, data):
     ({"dataframe_split": {"columns": COLS, "data": [["a"] + [0.0] * 7]}}, "application/json"),
     ({"dataframe_split": {"columns": COLS, "data": [[True] + [0.0] * 7]}}, "application/json"),
     ({"dataframe_split": {"columns": COLS, "data": [[None] + [0.0] * 7]}}, "application/json"),
-    ({"dataframe_split": {"columns": COLS, "data": [[0.0] * 8], "index": [5]}}, "application/json"),
+    ({"dataframe_split": {"columns": COLS, "data": [[0.0] * 8], "index": [5, 6]}}, "application/json"),
     ({"dataframe_records": [dict.fromkeys(COLS, 0.0)]}, "application/json"),
     ({"inputs": {c: [0.0] for c in COLS}}, "application/json"),
     ({"dataframe_split": {"columns": COLS, "data": [[0.0] * 8]}}, "application/json; charset=latin-1"),
     ({"dataframe_split": {"columns": COLS, "data": []}}, "application/json"),
     ("not json", "application/json"),
-], ids=["reordered", "missing-column", "params", "string", "bool", "null", "index", "records", "inputs",
+], ids=["reordered", "missing-column", "params", "string", "bool", "null", "bad-index", "records", "inputs",
         "latin-1", "empty", "garbage"])
 def test_everything_else_goes_to_mlflow_unchanged(tmp_path, data, body, content_type):
     from sklearn.linear_model import LogisticRegression
