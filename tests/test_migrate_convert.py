@@ -129,8 +129,8 @@ def test_scan_source_looks_inside_mlflow_models(mlflow_sources, tmp_path):
     assert not (tmp_path / "MARKER").exists()
 
 
-def test_native_crash_inside_an_allowed_class_is_contained(tmp_path):
-    """A LightGBM Booster pickle whose model text is corrupt: the raw library aborts (SIGABRT)."""
+def test_crafted_lightgbm_text_in_a_pickle_is_refused_before_native_code(tmp_path):
+    """A LightGBM Booster pickle whose model text is corrupt (the raw library aborts: SIGABRT)."""
     booster, X = pc._lgbm_booster()
     data = pickle.dumps(booster, protocol=4)
     m = re.search(rb"tree_sizes=(\d)", data)
@@ -140,7 +140,21 @@ def test_native_crash_inside_an_allowed_class_is_contained(tmp_path):
     dest = tmp_path / "out"
     with pytest.raises(ConversionError) as err:
         convert(path, dest_path=dest, sample_input=X[:5])
-    assert "SIGABRT" in err.value.message or "crashed" in err.value.message
+    assert "LightGBM Booster model text" in err.value.message and "crashed" not in err.value.message
+    assert not dest.exists()
+
+
+def test_native_crash_inside_an_allowed_class_is_contained(tmp_path):
+    """A pickled XGBoost Booster with one corrupted tree byte: the raw library segfaults at predict."""
+    booster, X = pc._xgb_booster()
+    data = bytearray(pickle.dumps(booster, protocol=4))
+    data[data.find(b"left_children") + 40] = 0x7F
+    path = tmp_path / "booster.pkl"
+    path.write_bytes(bytes(data))
+    dest = tmp_path / "out"
+    with pytest.raises(ConversionError) as err:
+        convert(path, dest_path=dest, sample_input=X[:5])
+    assert "SIGSEGV" in err.value.message or "crashed" in err.value.message
     assert not dest.exists()
 
 

@@ -357,6 +357,8 @@ class _Reader(pickle._Unpickler):  # type: ignore[name-defined]
 
     # -- joblib arrays ------------------------------------------------------------------------
     def _load_build(self) -> None:
+        if not self.symbolic and len(self.stack) >= 2:
+            _check_native_state(self.stack[-2], self.stack[-1], self.where)
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
         top = self.stack[-1]
         if isinstance(top, _JoblibArray):
@@ -415,6 +417,24 @@ class _Reader(pickle._Unpickler):  # type: ignore[name-defined]
             return raw  # scanned for nested pickles like any other bytes
         arr = np.frombuffer(raw, dtype=dtype, count=count).copy()
         return arr.reshape(shape[::-1]).transpose() if order == "F" else arr.reshape(shape)
+
+
+def _check_native_state(inst: Any, state: Any, where: str) -> None:
+    """Validate the model text a pickled LightGBM Booster is about to hand to native code.
+
+    ``Booster.__setstate__`` parses it with LightGBM's C++ loader, which aborts or reads out of
+    bounds on crafted text; the same structural validator the loader uses turns that into a clear
+    refusal. (XGBoost's pickled state is its internal serialization, not the model format our
+    validator reads: that one relies on the conversion running in an isolated process.)
+    """
+    cls = type(inst)
+    if cls.__name__ != "Booster" or cls.__module__ != "lightgbm.basic" or not isinstance(state, dict):
+        return
+    text = state.get("_handle", state.get("handle"))
+    if isinstance(text, str):
+        from mlflow_safeflavor.validate import lightgbm_model
+
+        lightgbm_model.validate(text, path=f"{where} (LightGBM Booster model text)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,7 +559,7 @@ def restricted_load(path: str | os.PathLike, *, trusted_types: str | Iterable[st
     reader = _Reader(fh, pickle_policy(trusted_types), symbolic=False, where=label, report=None)
     try:
         return reader.load()
-    except PickleRefusedError:
+    except (PickleRefusedError, MalformedArtifactError):
         raise
     except Exception as exc:
         raise MalformedArtifactError(
