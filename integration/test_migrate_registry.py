@@ -41,24 +41,26 @@ def legacy(tracking_uri, tmp_path_factory):
     marker = tmp / "MARKER"
     pipe, sample = pc._column_pipeline()
     lgbm, X = pc._lgbm_clf()
-    mlflow.set_experiment(f"migration-{name}")
-    with mlflow.start_run():
+    # An explicit experiment id, not mlflow.set_experiment: the active experiment is process-wide and
+    # would leak into later tests that talk to other servers.
+    exp = client.create_experiment(f"migration-{name}")
+    with mlflow.start_run(experiment_id=exp):
         mlflow.sklearn.log_model(pipe, name="m", serialization_format="cloudpickle",
                                  input_example=sample.head(5), registered_model_name=name)
     client.set_model_version_tag(name, "1", "team", "fraud")
     client.set_model_version_tag(name, "1", "safeflavor.verified", "sha256:" + "0" * 64)
     client.update_model_version(name, "1", description="fraud scorer, 2024")
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=exp):
         mlflow.lightgbm.log_model(lgbm, name="m", serialization_format="pickle", input_example=X[:5],
                                   registered_model_name=name)
     # v3: an MLflow sklearn model whose model.pkl was replaced by a malicious pickle.
     local = tmp / "evil-model"
     mlflow.sklearn.save_model(pc._svc()[0], local, serialization_format="pickle", input_example=X[:3])
     (local / "model.pkl").write_bytes(pc.MALICIOUS["os_system_reduce"][0](marker))
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=exp) as run:
         mlflow.log_artifacts(str(local), "m")
     client.create_model_version(name, source=f"{run.info.artifact_uri}/m", run_id=run.info.run_id)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=exp):
         mlflow_safeflavor.log_model(pc._svc()[0], name="m", input_example=X[:3], registered_model_name=name)
     return {"name": name, "pipe": pipe, "sample": sample, "lgbm": lgbm, "X": X, "marker": marker}
 
