@@ -85,16 +85,9 @@ def runtime_requirements() -> list[str]:
 
 def timeout_seconds() -> float:
     """The per-conversion time limit: ``$MLFLOW_SAFEFLAVOR_ONNX_TIMEOUT`` or 60 s."""
-    raw = os.environ.get(ENV_TIMEOUT)
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgumentError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds.") from None
-    if value <= 0:
-        raise InvalidArgumentError(f"{ENV_TIMEOUT}={raw!r} must be positive.")
-    return value
+    from mlflow_safeflavor.settings import env_number
+
+    return env_number(ENV_TIMEOUT, DEFAULT_TIMEOUT)
 
 
 _warned_missing = False
