@@ -334,6 +334,8 @@ class _Reader(pickle._Unpickler):  # type: ignore[name-defined]
 
                 return numpy.dtype  # needed to size joblib's raw array data; parses a dtype only
             return _Sym(full)
+        # ``full`` comes from the stream, but only a name the allowlist just accepted gets here: one of
+        # our fixed tables, skops' trusted list, or a type the operator added (never the artifact).
         module_name, _, attr = full.rpartition(".")
         obj: Any = importlib.import_module(module_name)
         return getattr(obj, attr)
@@ -518,16 +520,21 @@ def scan_pickle(
     except MalformedArtifactError as exc:
         report.problems.append(exc.message)
         return report
+    _scan_raw(raw, container, report, pickle_policy(trusted_types))
+    if second_opinion and report.protocol is not None:
+        report.fickling = _fickling_opinion(raw)
+    return report
+
+
+def _scan_raw(raw: bytes, container: str, report: ScanReport, judge: PicklePolicy) -> None:
+    """Scan an already read and decompressed stream into ``report`` (never raises for its bytes)."""
     report.container, report.size = container, len(raw)
     try:
-        _scan_stream(raw, report=report, where="pickle", judge=pickle_policy(trusted_types), depth=0)
+        _scan_stream(raw, report=report, where="pickle", judge=judge, depth=0)
     except RecursionError:
         report.problems.append("the pickle nests too deeply to scan")
     except Exception as exc:  # hostile bytes: any parse error is a refusal, never a crash
         report.problems.append(f"not a well-formed pickle stream ({type(exc).__name__}: {str(exc)[:200]})")
-    if second_opinion and report.protocol is not None:
-        report.fickling = _fickling_opinion(raw)
-    return report
 
 
 def _fickling_opinion(raw: bytes) -> dict[str, Any] | None:
@@ -552,11 +559,17 @@ def restricted_load(path: str | os.PathLike, *, trusted_types: str | Iterable[st
     MalformedArtifactError for a stream the unpickler cannot read.
     """
     label = label or str(path)
-    report = scan_pickle(path, label=label, trusted_types=trusted_types, second_opinion=False)
+    report = ScanReport(source=label)
+    judge = pickle_policy(trusted_types)
+    try:
+        raw, container = read_pickle_bytes(path, label=label)  # read once: the bytes scanned are the bytes loaded
+    except MalformedArtifactError as exc:
+        report.problems.append(exc.message)
+    else:
+        _scan_raw(raw, container, report, judge)
     report.raise_if_refused()
-    raw, _ = read_pickle_bytes(path, label=label)
     fh = io.BytesIO(raw)
-    reader = _Reader(fh, pickle_policy(trusted_types), symbolic=False, where=label, report=None)
+    reader = _Reader(fh, judge, symbolic=False, where=label, report=None)
     try:
         return reader.load()
     except (PickleRefusedError, MalformedArtifactError):
