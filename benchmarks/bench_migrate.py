@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import statistics
 import sys
 import tempfile
 import time
@@ -20,19 +19,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _timing import median_seconds
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def _median(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _models(n_trees: int):
@@ -72,9 +62,9 @@ def main() -> None:
             data = pickle.dumps(model, protocol=5)
             path = Path(tmp) / f"m{i}.pkl"
             path.write_bytes(data)
-            base = _median(lambda: pickle.loads(data), reps)  # the unsafe baseline, our own bytes
-            scan = _median(lambda: scan_pickle(path, second_opinion=False), reps)
-            load = _median(lambda: restricted_load(path), reps)
+            base = median_seconds(lambda: pickle.loads(data), reps)  # the unsafe baseline, our own bytes
+            scan = median_seconds(lambda: scan_pickle(path, second_opinion=False), reps)
+            load = median_seconds(lambda: restricted_load(path), reps)
             t = time.perf_counter()
             convert(path, dest_path=Path(tmp) / f"out{i}", sample_input=X[:200])
             conv = time.perf_counter() - t

@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-import statistics
-import time
 import warnings
 
 import numpy as np
+from _timing import median_seconds
 
 warnings.filterwarnings("ignore")
-
-
-def _median(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -53,22 +42,22 @@ def main() -> None:
     booster = xgboost.train({"max_depth": 6, "objective": "binary:logistic"}, xgboost.DMatrix(X, y), n_trees)
     for fmt in ("ubj", "json"):
         data = bytes(booster.save_raw(fmt))
-        raw = _median(lambda: xgboost.Booster(model_file=bytearray(data)), reps)
-        val = _median(lambda: xgboost_model.validate(data, fmt, path="model." + fmt), reps)
+        raw = median_seconds(lambda: xgboost.Booster(model_file=bytearray(data)), reps)
+        val = median_seconds(lambda: xgboost_model.validate(data, fmt, path="model." + fmt), reps)
         rows.append((f"XGBoost {fmt.upper()} ({n_trees} trees, depth 6)", len(data), raw, val))
 
     lgb = lightgbm.train({"num_leaves": 63, "verbose": -1, "objective": "binary"}, lightgbm.Dataset(X, y), n_trees)
     text = lgb.model_to_string()
-    raw = _median(lambda: lightgbm.Booster(model_str=text), reps)
-    val = _median(lambda: lightgbm_model.validate(text, path="model.txt"), reps)
+    raw = median_seconds(lambda: lightgbm.Booster(model_str=text), reps)
+    val = median_seconds(lambda: lightgbm_model.validate(text, path="model.txt"), reps)
     rows.append((f"LightGBM text ({n_trees} trees, 63 leaves)", len(text), raw, val))
 
     cb = catboost.CatBoostClassifier(iterations=n_trees, depth=6, verbose=0, allow_writing_files=False).fit(X, y)
     path = "/tmp/bench-validation.cbm"
     cb.save_model(path)
     blob = open(path, "rb").read()
-    raw = _median(lambda: catboost.CatBoostClassifier().load_model(blob=blob), reps)
-    val = _median(lambda: catboost_model.validate(blob, path="model.cbm"), reps)
+    raw = median_seconds(lambda: catboost.CatBoostClassifier().load_model(blob=blob), reps)
+    val = median_seconds(lambda: catboost_model.validate(blob, path="model.cbm"), reps)
     rows.append((f"CatBoost cbm ({n_trees} trees, depth 6)", len(blob), raw, val))
 
     for name, est in (
@@ -78,9 +67,9 @@ def main() -> None:
         est.fit(X, y)
         data = sio.dumps(est)
         trusted = sio.get_untrusted_types(data=data)
-        raw = _median(lambda: sio.loads(data, trusted=trusted), max(3, reps // 3))
+        raw = median_seconds(lambda: sio.loads(data, trusted=trusted), max(3, reps // 3))
         model = sio.loads(data, trusted=trusted)
-        val = _median(lambda: (skops_zip.check(data, path="model.skops"), sklearn_trees.check_estimator(model, path="model.skops")), max(3, reps // 3))
+        val = median_seconds(lambda: (skops_zip.check(data, path="model.skops"), sklearn_trees.check_estimator(model, path="model.skops")), max(3, reps // 3))
         rows.append((name + " (zip checks + tree arrays)", len(data), raw, val))
 
     print("| payload | bytes | raw library load | our validation | ratio |")
