@@ -17,8 +17,6 @@ Environment knobs:
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ from typing import Any
 import pytest
 from serverproc import free_port as _free_port  # noqa: E402
 from serverproc import stop_group as _stop  # noqa: E402
+from serverproc import wait_url  # noqa: E402
 
 _TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(_TESTS_DIR) not in sys.path:
@@ -289,32 +288,10 @@ class GateStack:
 @pytest.fixture(scope="session")
 def gate_keys(tmp_path_factory) -> dict[str, Path]:
     """The gate's EC P-256 key pair (PEM): ``private`` signs at promotion, ``public`` is the server's policy."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from helpers import write_ec_keypair
 
-    root = tmp_path_factory.mktemp("gate-keys")
-    key = ec.generate_private_key(ec.SECP256R1())
-    priv, pub = root / "gate.pem", root / "gate.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv, pub = write_ec_keypair(tmp_path_factory.mktemp("gate-keys"), "gate")
     return {"private": priv, "public": pub}
-
-
-def _wait_url(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERVER_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "<no log>"
-            pytest.fail(f"{url} did not come up (rc={proc.poll()}):\n{tail}")
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")
@@ -350,7 +327,7 @@ def gate_stack(tmp_path_factory, gate_keys) -> GateStack:
     try:
         wait_healthy(gated)
         wait_healthy(plain)
-        _wait_url(f"{receiver_url}/health", receiver, receiver_log)
+        wait_url(f"{receiver_url}/health", receiver, receiver_log, SERVER_TIMEOUT)
         hook = MlflowClient(tracking_uri=plain.url).create_webhook(
             name="safeflavor-gate", url=f"{receiver_url}/webhook", secret=secret,
             events=["model_version.created", "model_version_alias.created", "prompt_alias.created"],

@@ -1,4 +1,4 @@
-"""Process helpers shared by the integration servers: a free loopback port and a clean stop."""
+"""Process helpers shared by the integration servers: a free loopback port, waiting for a URL, a clean stop."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -35,3 +38,21 @@ def stop_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def wait_url(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail the test with the log's tail if ``proc`` dies or time runs out."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:  # URLError, connection refused/reset and timeouts are all OSErrors
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "<no log>"
+            pytest.fail(f"{url} did not come up (rc={proc.poll()}):\n{tail}")
+        time.sleep(0.25)

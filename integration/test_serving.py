@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -234,15 +233,9 @@ def saved(zoo_cases, workdir) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def keys(workdir) -> dict[str, Path]:
     """An EC P-256 key pair as PEM files."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from helpers import write_ec_keypair
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    priv, pub = workdir / "signing.pem", workdir / "signing.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv, pub = write_ec_keypair(workdir, "signing")
     return {"private": priv, "public": pub}
 
 

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serverproc import free_port, stop_group
+from serverproc import free_port, stop_group, wait_url
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SAFEFLAVOR_CHROMIUM", "/usr/bin/chromium")
@@ -55,20 +54,6 @@ class Stack:
     rejected: str
     X: np.ndarray
     model: Any
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{url} did not come up (rc={proc.poll()}):\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +100,7 @@ def stack(tmp_path_factory) -> Stack:
         mlflow.MlflowClient().set_registered_model_alias(names["fraud"], "production", "1")
         with pytest.raises(PromotionRejectedError):
             promote(names["legacy"], "1", "champion")
-        _wait_http(f"http://127.0.0.1:{port}/healthz", ui, log)
+        wait_url(f"http://127.0.0.1:{port}/healthz", ui, log)
         yield Stack(f"http://127.0.0.1:{port}", ui_tmp, names["churn"], names["fraud"], names["legacy"], X, model)
     finally:
         mlflow.set_tracking_uri(previous)

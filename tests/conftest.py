@@ -79,14 +79,9 @@ def worker():
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory):
     """Two EC key pairs (P-256 "good", P-384 "other") as (private PEM, public PEM) paths."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from helpers import write_ec_keypair
+
     d = tmp_path_factory.mktemp("keys")
-    out = {}
-    for name, curve in (("good", ec.SECP256R1()), ("other", ec.SECP384R1())):
-        k = ec.generate_private_key(curve)
-        (d / f"{name}.pem").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        out[name] = (d / f"{name}.pem", d / f"{name}.pub")
-    return out
+    return {name: write_ec_keypair(d, name, curve) for name, curve in (("good", ec.SECP256R1()), ("other", ec.SECP384R1()))}

@@ -68,3 +68,17 @@ def pickle_findings(name: str, data: bytes) -> list[str]:
     if b"cnumpy.core.multiarray\n_reconstruct" in data or b"\x8c\x15numpy.core.multiarray" in data:
         found.append(f"{name}: contains numpy pickle opcodes")
     return found
+
+
+def write_ec_keypair(directory: Path, stem: str, curve: Any = None) -> tuple[Path, Path]:
+    """Write a fresh EC key pair as ``<stem>.pem`` (PKCS8 private) and ``<stem>.pub`` (SPKI); P-256 by default."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(curve or ec.SECP256R1())
+    priv, pub = Path(directory) / f"{stem}.pem", Path(directory) / f"{stem}.pub"
+    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub

@@ -515,15 +515,9 @@ class Reg:
 
 
 def _gate_keys(root: Path) -> dict[str, Path]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from helpers import write_ec_keypair
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    priv, pub = root / "gate.pem", root / "gate.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv, pub = write_ec_keypair(root, "gate")
     return {"private": priv, "public": pub}
 
 

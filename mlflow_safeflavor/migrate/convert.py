@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mlflow_safeflavor.errors import ConversionError, InvalidArgumentError, PickleRefusedError, SafeFlavorError, UntrustedTypesError
+from mlflow_safeflavor.errors import ConversionError, InvalidArgumentError, PickleRefusedError, UntrustedTypesError
 from mlflow_safeflavor.migrate.pickles import ScanReport, scan_pickle
 from mlflow_safeflavor.migrate.source import Source, resolve
 from mlflow_safeflavor.settings import env_number

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import bz2
-import gzip
 import importlib
 import io
 import lzma
