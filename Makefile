@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: venv demo test unit integration fuzz bench clean
+.PHONY: venv sysdeps demo test unit integration fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ demo: $(BIN)/python
 	$(PIP) install --quiet -e ".[all]"
 	$(BIN)/mlflow-safeflavor demo --dir demo-mlruns
 
-## test: install dev dependencies and run unit and integration tests
-test: $(BIN)/python
+## sysdeps: the Debian packages the tests need (Chromium, PostgreSQL), installed when missing
+sysdeps:
+	./scripts/system-deps.sh
+
+## test: install dev dependencies and Debian packages, run unit and integration tests
+test: $(BIN)/python sysdeps
 	$(PIP) install --quiet -e ".[dev]"
 	$(BIN)/python -m pytest tests integration
 
