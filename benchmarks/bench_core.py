@@ -60,8 +60,6 @@ import pandas as pd
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# This benchmark measures the checkpoint path; ONNX exports are measured by bench_onnx.py.
-os.environ.setdefault("MLFLOW_SAFEFLAVOR_ONNX", "false")
 for _name in ("mlflow", "mlflow_safeflavor", "skops"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 

@@ -10,7 +10,6 @@ end-to-end ``convert()`` time (isolated child process, safe save, safe reload, c
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
 import tempfile
@@ -50,7 +49,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     reps = 3 if args.quick else 9
-    os.environ.setdefault("MLFLOW_SAFEFLAVOR_ONNX", "off")  # the checkpoint conversion only
 
     from mlflow_safeflavor.migrate import convert, restricted_load, scan_pickle
 

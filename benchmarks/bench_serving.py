@@ -31,8 +31,6 @@ import pandas as pd
 import requests
 
 warnings.filterwarnings("ignore")
-# This benchmark measures the checkpoint path; ONNX exports are measured by bench_onnx.py.
-os.environ.setdefault("MLFLOW_SAFEFLAVOR_ONNX", "false")
 BIN = Path(sys.executable).parent
 
 

@@ -57,8 +57,6 @@ import pandas as pd
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# This benchmark measures the checkpoint path; ONNX exports are measured by bench_onnx.py.
-os.environ.setdefault("MLFLOW_SAFEFLAVOR_ONNX", "false")
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
 for _name in ("mlflow", "mlflow_safeflavor", "skops", "py4j"):

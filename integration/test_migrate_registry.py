@@ -27,11 +27,6 @@ from mlflow_safeflavor.migrate import convert
 from mlflow_safeflavor.migrate.convert import TAG_CONVERTED_FROM
 
 
-@pytest.fixture(autouse=True)
-def _no_onnx_export(monkeypatch):
-    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_ONNX", "off")
-
-
 @pytest.fixture(scope="module")
 def legacy(tracking_uri, tmp_path_factory):
     """A registered model with four versions: cloudpickle sklearn, pickled LGBM, malicious, safe."""
@@ -84,7 +79,7 @@ def test_convert_registered_version_copies_signature_example_and_tags(legacy):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), MLFLOW_SAFEFLAVOR_ONNX="off")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
     exe = shutil.which("mlflow-safeflavor", path=os.path.dirname(sys.executable))
     return subprocess.run([exe, "convert", *args], capture_output=True, text=True, env=env, timeout=600)
 

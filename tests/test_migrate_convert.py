@@ -26,12 +26,6 @@ from mlflow_safeflavor.migrate import convert
 from mlflow_safeflavor.verify import verify_model
 
 
-@pytest.fixture(autouse=True)
-def _no_onnx_export(monkeypatch):
-    """These tests are about the checkpoint; the ONNX export has its own (tests/test_onnx.py)."""
-    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_ONNX", "off")
-
-
 def _same_predictions(converted_dir, original, sample):
     safe = load_model(str(converted_dir))
     assert type(safe) is type(original)

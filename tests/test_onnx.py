@@ -1,7 +1,6 @@
 """ONNX exports: made at save time, kept only if they agree, verified before onnxruntime serves them.
 
-Saves here pass ``onnx=`` explicitly (conftest.py turns the export off for the rest of the suite);
-``test_default_is_auto`` removes that setting to test the real default.
+Saves here pass ``onnx=`` explicitly: the default (``onnx=None``) is the checkpoint only.
 """
 
 from __future__ import annotations
@@ -199,12 +198,16 @@ def test_onnx_true_refuses_and_writes_nothing(name, reason, cases, tmp_path):
 
 
 def test_onnx_false_and_default_and_bad_values(cases, tmp_path, monkeypatch):
+    """The default is the checkpoint only; MLFLOW_SAFEFLAVOR_ONNX turns the export on fleet-wide."""
     case = cases["xgb_clf"]
     sf.save_model(case.model, tmp_path / "off", onnx=False)
     assert not (tmp_path / "off" / "model.onnx").exists()
-    monkeypatch.delenv("MLFLOW_SAFEFLAVOR_ONNX")
     sf.save_model(case.model, tmp_path / "default", input_example=case.X[:5])
-    assert (tmp_path / "default" / "model.onnx").exists()
+    assert not (tmp_path / "default" / "model.onnx").exists()
+    assert "onnx" not in read_section(tmp_path / "default")["flavors"]["safeflavor"]
+    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_ONNX", "auto")
+    sf.save_model(case.model, tmp_path / "env-auto", input_example=case.X[:5])
+    assert (tmp_path / "env-auto" / "model.onnx").exists()
     monkeypatch.setenv("MLFLOW_SAFEFLAVOR_ONNX", "sometimes")
     with pytest.raises(InvalidArgumentError, match="MLFLOW_SAFEFLAVOR_ONNX"):
         sf.save_model(case.model, tmp_path / "bad-env")

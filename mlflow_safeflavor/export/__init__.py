@@ -1,7 +1,8 @@
 """ONNX exports beside the checkpoint: made at save time, kept only if they agree.
 
-``save_model(..., onnx="auto" | True | False)`` asks :func:`export` to convert the checkpoint it
-just wrote. Conversion and the agreement check run in a converter worker — a child interpreter
+``save_model(..., onnx="auto" | True)`` asks :func:`export` to convert the checkpoint it just
+wrote (the default is the checkpoint only; ``mlflow-safeflavor serve`` derives an export where a
+model is deployed, see :mod:`mlflow_safeflavor.export.derive`). Conversion and the agreement check run in a converter worker — a child interpreter
 started on first use and reused by later saves — and each request has a time limit after which
 the worker is killed (``SIGKILL`` to its process group). A child, not a thread: a thread cannot be
 stopped, so a runaway converter would keep burning the CPU (or crash the caller) after the save
@@ -56,17 +57,22 @@ class OnnxExportWarning(UserWarning):
 
 
 def resolve_mode(value: Any) -> str:
-    """``"auto"``, ``"on"`` or ``"off"`` for ``save_model(onnx=value)``; None reads ``$MLFLOW_SAFEFLAVOR_ONNX``."""
+    """``"auto"``, ``"on"`` or ``"off"`` for ``save_model(onnx=value)``.
+
+    None (the default) reads ``$MLFLOW_SAFEFLAVOR_ONNX`` and is ``"off"`` when that is unset or
+    empty: an export costs 0.1-9 s per save and matters only for the model that is deployed, where
+    ``mlflow-safeflavor serve`` derives it from the checkpoint (:mod:`mlflow_safeflavor.export.derive`).
+    """
     source = "onnx="
     if value is None:
-        value, source = os.environ.get(ENV_MODE, "auto"), f"{ENV_MODE}="
+        value, source = os.environ.get(ENV_MODE) or "off", f"{ENV_MODE}="
     if isinstance(value, str):
         low = value.strip().lower()
-        if low in ("auto", ""):
+        if low == "auto":
             return "auto"
         if low in ("true", "1", "yes", "on"):
             return "on"
-        if low in ("false", "0", "no", "off"):
+        if low in ("false", "0", "no", "off", ""):
             return "off"
     elif isinstance(value, bool):
         return "on" if value else "off"
