@@ -37,9 +37,8 @@ _TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
 warnings.filterwarnings("ignore", category=UserWarning, module="xgboost")
-# These tests compare the checkpoint's float64 answers exactly: saves skip the ONNX export unless a
-# test asks for it (test_serving_onnx.py passes onnx= explicitly).
-os.environ["MLFLOW_SAFEFLAVOR_ONNX"] = "false"
+# The suite tests the defaults (saves write the checkpoint only; test_serving_onnx.py passes onnx=).
+os.environ.pop("MLFLOW_SAFEFLAVOR_ONNX", None)
 
 import zoo  # noqa: E402
 
