@@ -93,11 +93,19 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def start_mlflow_server(root: Path, *, app_name: str | None = None, extra_env: dict[str, str] | None = None) -> MlflowServer:
-    """Start ``mlflow server`` on a free port with a sqlite store and proxied artifacts under ``root``.
+def start_mlflow_server(
+    root: Path,
+    *,
+    app_name: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    backend_store_uri: str | None = None,
+    workers: int = 1,
+) -> MlflowServer:
+    """Start ``mlflow server`` on a free port with proxied artifacts under ``root``.
 
-    Does not wait for it (see :func:`wait_healthy`). ``app_name`` is passed as ``--app-name``;
-    ``extra_env`` is added to :func:`_server_env`.
+    Does not wait for it (see :func:`wait_healthy`). The store is a sqlite file under ``root``
+    unless ``backend_store_uri`` names another (e.g. PostgreSQL); ``workers`` is uvicorn's worker
+    count. ``app_name`` is passed as ``--app-name``; ``extra_env`` is added to :func:`_server_env`.
     """
     artifacts = root / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -106,12 +114,12 @@ def start_mlflow_server(root: Path, *, app_name: str | None = None, extra_env: d
     log = root / "server.log"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
         "--serve-artifacts",
         "--artifacts-destination", str(artifacts),
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--workers", "1",
+        "--workers", str(workers),
     ]
     if app_name:
         cmd += ["--app-name", app_name]
@@ -273,6 +281,8 @@ class GateStack:
     ``gated`` runs ``--app-name safeflavor-gate`` (the synchronous gate; it also requires the
     gate's signature, ``MLFLOW_SAFEFLAVOR_PUBLIC_KEY``); ``plain`` runs without the plugin but with
     a webhook registered to the receiver, so the webhook's after-the-fact undo can be observed.
+    ``backend`` is ``sqlite`` (one worker each) or ``postgresql`` (four workers each, one database
+    per server in a throwaway PostgreSQL cluster).
     """
 
     gated: MlflowServer
@@ -282,6 +292,7 @@ class GateStack:
     secret: str
     keys: dict[str, Path]
     webhook_id: str
+    backend: str = "sqlite"
 
 
 @pytest.fixture(scope="session")
@@ -293,37 +304,71 @@ def gate_keys(tmp_path_factory) -> dict[str, Path]:
     return {"private": priv, "public": pub}
 
 
-@pytest.fixture(scope="session")
-def gate_stack(tmp_path_factory, gate_keys) -> GateStack:
-    """Start the gated server, the plain server and the webhook receiver in parallel; register the webhook."""
+def start_postgres_or_fail() -> Any:
+    """A new throwaway PostgreSQL cluster (:mod:`pgserver`); fails the test naming the fix when it cannot start."""
+    from pgserver import PostgresUnavailable, start_postgres
+
+    try:
+        return start_postgres()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc))
+
+
+def gate_server_env(keys: dict[str, Path]) -> dict[str, str]:
+    """The gated server's settings: the protected aliases and the public key it requires signatures from."""
+    return {"MLFLOW_SAFEFLAVOR_PROTECTED_ALIASES": GATE_PROTECTED_ALIASES,
+            "MLFLOW_SAFEFLAVOR_PUBLIC_KEY": str(keys["public"])}
+
+
+# Four uvicorn workers, as a team server on PostgreSQL runs; sqlite stays at one (a file lock).
+BACKEND_WORKERS = {"sqlite": 1, "postgresql": 4}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gate_stack(request, tmp_path_factory, gate_keys) -> GateStack:
+    """Start the gated server, the plain server and the webhook receiver in parallel; register the webhook.
+
+    Runs once per backend (``sqlite``, ``postgresql`` with four workers); module-scoped so each
+    stack is stopped before the next one starts.
+    """
     from cryptography.fernet import Fernet
     from mlflow import MlflowClient
 
-    secret = uuid.uuid4().hex
-    gated = start_mlflow_server(
-        tmp_path_factory.mktemp("gated-server"), app_name="safeflavor-gate",
-        extra_env={"MLFLOW_SAFEFLAVOR_PROTECTED_ALIASES": GATE_PROTECTED_ALIASES,
-                   "MLFLOW_SAFEFLAVOR_PUBLIC_KEY": str(gate_keys["public"])},
-    )
-    # Webhook secrets are stored encrypted with this key; without it each worker makes its own.
-    plain = start_mlflow_server(
-        tmp_path_factory.mktemp("plain-server"),
-        extra_env={**_WEBHOOK_SERVER_ENV, "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()},
-    )
-    receiver_root = tmp_path_factory.mktemp("webhook-receiver")
-    receiver_port = _free_port()
-    receiver_log = receiver_root / "receiver.log"
-    env = {**_server_env(), "MLFLOW_SAFEFLAVOR_WEBHOOK_SECRET": secret}
-    with open(receiver_log, "wb") as fh:
-        receiver = subprocess.Popen(
-            [sys.executable, "-m", "mlflow_safeflavor.cli", "webhook", "--host", "127.0.0.1",
-             "--port", str(receiver_port), "--tracking-uri", plain.url,
-             "--protected-aliases", GATE_PROTECTED_ALIASES],
-            cwd=receiver_root, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    backend = request.param
+    postgres = start_postgres_or_fail() if backend == "postgresql" else None
+    stores: dict[str, str | None] = {"gated": None, "plain": None}
+    if postgres is not None:
+        stores = {role: postgres.create_database(f"mlflow_{role}") for role in stores}
+    workers = BACKEND_WORKERS[backend]
+    started: list[subprocess.Popen] = []
     try:
+        secret = uuid.uuid4().hex
+        gated = start_mlflow_server(
+            tmp_path_factory.mktemp(f"gated-server-{backend}"), app_name="safeflavor-gate",
+            extra_env=gate_server_env(gate_keys), backend_store_uri=stores["gated"], workers=workers,
+        )
+        started.append(gated.proc)
+        # Webhook secrets are stored encrypted with this key; without it each worker makes its own.
+        plain = start_mlflow_server(
+            tmp_path_factory.mktemp(f"plain-server-{backend}"),
+            extra_env={**_WEBHOOK_SERVER_ENV, "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()},
+            backend_store_uri=stores["plain"], workers=workers,
+        )
+        started.append(plain.proc)
+        receiver_root = tmp_path_factory.mktemp(f"webhook-receiver-{backend}")
+        receiver_port = _free_port()
+        receiver_log = receiver_root / "receiver.log"
+        env = {**_server_env(), "MLFLOW_SAFEFLAVOR_WEBHOOK_SECRET": secret}
+        with open(receiver_log, "wb") as fh:
+            receiver = subprocess.Popen(
+                [sys.executable, "-m", "mlflow_safeflavor.cli", "webhook", "--host", "127.0.0.1",
+                 "--port", str(receiver_port), "--tracking-uri", plain.url,
+                 "--protected-aliases", GATE_PROTECTED_ALIASES],
+                cwd=receiver_root, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        started.append(receiver)
+        receiver_url = f"http://127.0.0.1:{receiver_port}"
         wait_healthy(gated)
         wait_healthy(plain)
         wait_url(f"{receiver_url}/health", receiver, receiver_log, SERVER_TIMEOUT)
@@ -331,7 +376,9 @@ def gate_stack(tmp_path_factory, gate_keys) -> GateStack:
             name="safeflavor-gate", url=f"{receiver_url}/webhook", secret=secret,
             events=["model_version.created", "model_version_alias.created", "prompt_alias.created"],
         )
-        yield GateStack(gated, plain, receiver_url, receiver_log, secret, gate_keys, hook.webhook_id)
+        yield GateStack(gated, plain, receiver_url, receiver_log, secret, gate_keys, hook.webhook_id, backend)
     finally:
-        for proc in (receiver, plain.proc, gated.proc):
+        for proc in reversed(started):
             _stop(proc)
+        if postgres is not None:
+            postgres.remove()

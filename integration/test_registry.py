@@ -1,7 +1,9 @@
 """The registry promotion gate against real servers: promote, the safeflavor-gate app plugin, the webhook.
 
-``gate_stack`` (conftest) runs two real ``mlflow server`` processes (sqlite, proxied artifacts,
-127.0.0.1) and a real webhook receiver (``mlflow-safeflavor webhook``):
+``gate_stack`` (conftest) runs two real ``mlflow server`` processes (proxied artifacts, 127.0.0.1)
+and a real webhook receiver (``mlflow-safeflavor webhook``), once on sqlite stores with one worker
+and once on a throwaway PostgreSQL cluster with ``--workers 4`` (every test taking ``gate_stack``
+runs on both):
 
 - the *gated* server runs ``--app-name safeflavor-gate`` and requires the gate's signature
   (``MLFLOW_SAFEFLAVOR_PUBLIC_KEY``): a protected alias is refused synchronously (403);
