@@ -77,8 +77,9 @@ def save_model(
     """
     from mlflow.models import Model
     from mlflow.models.signature import ModelSignature
-    from mlflow.models.utils import _save_example
     from mlflow.pyfunc import add_to_model
+
+    from mlflow_safeflavor._mlflow_compat import save_example as _save_example
 
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}.")
@@ -142,7 +143,7 @@ def save_model(
         mlflow_model = mlflow_model if mlflow_model is not None else Model()
         saved_example = _save_example(mlflow_model, input_example, str(tmp))
         if signature is None and saved_example is not None:
-            from mlflow.models.signature import _infer_signature_from_input_example
+            from mlflow_safeflavor._mlflow_compat import infer_signature_from_input_example as _infer_signature_from_input_example
 
             wrapper = SafeFlavorPyfunc(model, codec, predict_method)
             signature = _infer_signature_from_input_example(saved_example, wrapper)
@@ -240,7 +241,8 @@ def log_model(
     :func:`save_model` plus MLflow's usual logging ones.
     """
     from mlflow.models import Model
-    from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
+
+    from mlflow_safeflavor._mlflow_compat import default_await_registration_for
 
     if name is not None and not isinstance(name, str):
         raise InvalidArgumentError(f"name must be a string, got {type(name).__name__}.")
@@ -249,7 +251,7 @@ def log_model(
         name=name,
         flavor=_self_module(),
         registered_model_name=registered_model_name,
-        await_registration_for=DEFAULT_AWAIT_MAX_SLEEP_SECONDS if await_registration_for is None else await_registration_for,
+        await_registration_for=default_await_registration_for() if await_registration_for is None else await_registration_for,
         metadata=metadata,
         params=params,
         tags=tags,
@@ -412,7 +414,7 @@ def _onnx_runner(prep: Prepared, backend: str) -> Any:
 
 
 def _download(model_uri: str, dst_path: str | None = None, *, check_registry: bool = False) -> str:
-    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+    from mlflow.artifacts import download_artifacts
 
     if not isinstance(model_uri, (str, os.PathLike)):
         raise InvalidArgumentError(f"model_uri must be a string, got {type(model_uri).__name__}.")
@@ -424,7 +426,7 @@ def _download(model_uri: str, dst_path: str | None = None, *, check_registry: bo
     local = download_registered(os.fspath(model_uri), dst_path, check_tag=check_registry)
     if local is not None:
         return local
-    return _download_artifact_from_uri(artifact_uri=os.fspath(model_uri), output_path=dst_path)
+    return download_artifacts(artifact_uri=os.fspath(model_uri), dst_path=dst_path)
 
 
 def load_model(

@@ -42,8 +42,10 @@ class FastInvocations:
     """
 
     def __init__(self, app: Any, model: Any) -> None:
+        from mlflow_safeflavor._mlflow_compat import pyfunc_implementation
+
         self.app = app
-        self.impl = getattr(model, "_model_impl", None)
+        self.impl = pyfunc_implementation(model)
         self.columns = _numeric_columns(model)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -133,9 +135,10 @@ def _numeric_columns(model: Any) -> tuple[str, ...] | None:
     """The input column names when the schema is only required double/float columns, else None."""
     from mlflow.types import DataType
 
+    from mlflow_safeflavor._mlflow_compat import pyfunc_implementation
     from mlflow_safeflavor.flavor import SafeFlavorPyfunc
 
-    if not isinstance(getattr(model, "_model_impl", None), SafeFlavorPyfunc):
+    if not isinstance(pyfunc_implementation(model), SafeFlavorPyfunc):
         return None
     schema = model.metadata.get_input_schema()
     if schema is None or not schema.has_input_names() or schema.is_tensor_spec():

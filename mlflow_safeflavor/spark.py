@@ -75,7 +75,8 @@ def spark_udf(
     column of a 2-D output, as MLflow does. Only ``env_manager="local"`` is supported.
     """
     from mlflow.models import Model
-    from mlflow.utils._spark_utils import _SparkDirectoryDistributor
+
+    from mlflow_safeflavor._mlflow_compat import spark_directory_distributor
 
     from mlflow_safeflavor import policy, signing
     from mlflow_safeflavor.codecs.base import PREDICT_METHODS
@@ -128,7 +129,7 @@ def spark_udf(
     if _is_local_master(spark):
         model_path, archive_path = str(root), None
     else:  # zip + SparkContext.addFile (or an NFS copy on Databricks), as mlflow.pyfunc.spark_udf
-        model_path, archive_path = None, _SparkDirectoryDistributor.add_dir(spark, str(root))
+        model_path, archive_path = None, spark_directory_distributor().add_dir(spark, str(root))
 
     spec = _UdfSpec(
         token=uuid.uuid4().hex,
@@ -180,8 +181,9 @@ def _is_local_master(spark: Any) -> bool:
 
 def _result_type(result_type: Any) -> Any:
     """Parse and check ``result_type``: a primitive Spark type or an array of one."""
-    from mlflow.pyfunc import _parse_spark_datatype
     from pyspark.sql.types import ArrayType, DataType
+
+    from mlflow_safeflavor._mlflow_compat import parse_spark_datatype as _parse_spark_datatype
 
     from mlflow_safeflavor.errors import InvalidArgumentError
 
@@ -271,9 +273,9 @@ def _load_on_worker(spec: _UdfSpec) -> Any:
     from mlflow_safeflavor.flavor import load_pyfunc
 
     if spec.archive_path is not None:
-        from mlflow.utils._spark_utils import _SparkDirectoryDistributor
+        from mlflow_safeflavor._mlflow_compat import spark_directory_distributor
 
-        local = _SparkDirectoryDistributor.get_or_extract(spec.archive_path)
+        local = spark_directory_distributor().get_or_extract(spec.archive_path)
     else:
         local = spec.model_path
     mlmodel = os.path.join(local, "MLmodel")

@@ -357,9 +357,9 @@ def _register(model_dir: Path, src: Source, name: str, result: ConversionResult,
     version_tags.update(extra_tags)
     version_tags.update({TAG_CONVERTED_FROM: source_ref, TAG_SOURCE_FORMAT: result.source_format, TAG_CONVERTED_AT: now_iso()})
     if experiment_id is None:
-        import mlflow
+        from mlflow_safeflavor._mlflow_compat import active_experiment_id
 
-        experiment_id = mlflow.tracking.fluent._get_experiment_id()
+        experiment_id = active_experiment_id()
     try:
         run = client.create_run(experiment_id, run_name="safeflavor-convert", tags={TAG_CONVERTED_FROM: source_ref})
         client.log_artifacts(run.info.run_id, str(model_dir), "model")

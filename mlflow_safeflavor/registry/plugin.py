@@ -37,14 +37,14 @@ def create_app(app: Any = None) -> Any:
     ``app`` defaults to MLflow's Flask app (``mlflow.server.app``). Returns MLflow's FastAPI
     wrapper around it when the server runs under uvicorn, the Flask app otherwise.
     """
-    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+    from mlflow_safeflavor._mlflow_compat import server_interface
 
     if app is None:
         from mlflow.server import app as flask_app
 
         app = flask_app
     install(app)
-    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+    if server_interface() == "uvicorn":
         from mlflow.server.fastapi_app import create_fastapi_app
 
         return create_fastapi_app(app)
@@ -79,12 +79,12 @@ def install(app: Any) -> None:
 def _guard_alias_request(protected: frozenset[str], smoke: bool) -> Any:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.model_registry_pb2 import SetRegisteredModelAlias
-    from mlflow.server.handlers import _get_request_message
 
+    from mlflow_safeflavor._mlflow_compat import parse_request_message
     from mlflow_safeflavor.registry.core import is_protected
 
     try:
-        message = _get_request_message(SetRegisteredModelAlias())
+        message = parse_request_message(SetRegisteredModelAlias())
     except MlflowException as exc:
         # The handler would fail the same way with the same parser; answer as it would.
         return _json_response(exc.get_http_status_code(), json.loads(exc.serialize_as_json()))
@@ -111,11 +111,11 @@ def check_version_server_side(name: str, version: str, alias: str, *, smoke: boo
     fix. Reads the registry store and the artifact store directly (not over HTTP).
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.server.handlers import _get_model_registry_store
 
+    from mlflow_safeflavor._mlflow_compat import server_registry_store
     from mlflow_safeflavor.registry.core import TAG_VERIFIED, evaluate
 
-    store = _get_model_registry_store()
+    store = server_registry_store()
     fix = (f"run `mlflow-safeflavor promote {name} {version} --alias {alias}` (it verifies, tags and "
            "sets the alias), or promote a version that passes it")
     try:
@@ -144,26 +144,17 @@ def _is_prompt_version(store: Any, name: str, uri: Any) -> bool:
     Both conditions are required: a model flagged as a prompt by a tag still has its artifacts
     checked when its version points at real storage.
     """
+    from mlflow_safeflavor._mlflow_compat import is_prompt
     from mlflow_safeflavor.registry.core import is_prompt_placeholder
 
-    return is_prompt_placeholder(uri) and bool(store.get_registered_model(name=name)._is_prompt())
+    return is_prompt_placeholder(uri) and is_prompt(store.get_registered_model(name=name))
 
 
 def _download_server_side(uri: str, dst: str) -> str:
     """Download the artifacts at ``uri`` as the server's own artifact handlers resolve them."""
-    from mlflow.server import handlers
-    from mlflow.store.artifact.utils.models import _parse_model_uri
+    from mlflow_safeflavor._mlflow_compat import server_download
 
-    if uri.startswith("models:/"):
-        model_id = _parse_model_uri(uri).model_id
-        uri = handlers._get_tracking_store().get_logged_model(model_id).artifact_location
-    if handlers._is_servable_proxied_run_artifact_root(uri):
-        repo = handlers._get_artifact_repo_mlflow_artifacts()
-        path = handlers._get_proxied_run_artifact_destination_path(proxied_artifact_root=uri)
-        scope = getattr(handlers, "_get_workspace_scoped_repo_path_if_enabled", None)
-        path = scope(path) if scope else path
-        return repo.download_artifacts(path, dst)
-    return handlers._get_artifact_repository_for_uri(uri).download_artifacts("", dst)
+    return server_download(uri, dst)
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Any:

@@ -119,11 +119,10 @@ def promote(
 
 
 def _check_alias(name: str, version: str, alias: str) -> None:
-    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+    from mlflow_safeflavor._mlflow_compat import validate_alias
 
     try:
-        _validate_model_alias_name(alias)
-        _validate_model_alias_name_reserved(alias)
+        validate_alias(alias)
     except MlflowException as exc:
         raise InvalidArgumentError(
             f"cannot promote model {name!r} version {version}: {exc.message} Choose another alias."

@@ -171,10 +171,11 @@ class Receiver:
     def _check_alias(self, name: str, version: str, alias: str) -> None:
         from mlflow.exceptions import MlflowException
 
+        from mlflow_safeflavor._mlflow_compat import is_prompt
         from mlflow_safeflavor.registry.core import TAG_VERIFIED, is_prompt_placeholder, rejected_tags
 
         uri = self.client.get_model_version_download_uri(name, version)
-        if is_prompt_placeholder(uri) and self.client.get_registered_model(name)._is_prompt():
+        if is_prompt_placeholder(uri) and is_prompt(self.client.get_registered_model(name)):
             return  # a prompt version: no artifacts a model loader could fetch
         expected = (self.client.get_model_version(name, version).tags or {}).get(TAG_VERIFIED)
         if not expected:
