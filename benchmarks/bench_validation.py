@@ -43,7 +43,7 @@ def main() -> None:
     for fmt in ("ubj", "json"):
         data = bytes(booster.save_raw(fmt))
         raw = median_seconds(lambda: xgboost.Booster(model_file=bytearray(data)), reps)
-        val = median_seconds(lambda: xgboost_model.validate(data, fmt, path="model." + fmt), reps)
+        val = median_seconds(lambda: xgboost_model.validate(data, path="model." + fmt, fmt=fmt), reps)
         rows.append((f"XGBoost {fmt.upper()} ({n_trees} trees, depth 6)", len(data), raw, val))
 
     lgb = lightgbm.train({"num_leaves": 63, "verbose": -1, "objective": "binary"}, lightgbm.Dataset(X, y), n_trees)

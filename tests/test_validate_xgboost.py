@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from mlflow_safeflavor.errors import MalformedArtifactError
 from mlflow_safeflavor.validate import xgboost_model as V
-from mlflow_safeflavor.validate.xgboost_model import validate
+from mlflow_safeflavor.validate.xgboost_model import _decode, _schema, _structure, _ubj_trees, validate
 
 xgb = pytest.importorskip("xgboost")
 pd = pytest.importorskip("pandas")
@@ -105,7 +105,7 @@ LEGIT = (
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", LEGIT)
 def test_legit_models_validate_clean(models, name, fmt):
-    validate(models[name][fmt], fmt, path=f"{name}/model.{fmt}")
+    validate(models[name][fmt], fmt=fmt, path=f"{name}/model.{fmt}")
 
 
 def test_fixture_covers_what_it_claims(models):
@@ -143,19 +143,19 @@ def test_fast_ubj_paths_read_the_same_trees_as_the_generic_decoder(models, name,
         return booster.get("gbtree", booster)["model"]["trees"]
 
     def same(a, b):
-        for field in V._Forest.__slots__:
+        for field in _structure.Forest.__slots__:
             assert np.array_equal(np.asarray(getattr(a, field), np.int64),
                                   np.asarray(getattr(b, field), np.int64)), field
 
-    first = trees_of(V._UBJDecoder(data).decode())
-    assert type(first) is V._Forest
-    template_used = V._fast_trees(V._UBJDecoder(data), data.index(b"trees[#L") + 16, len(first.n), 5)
+    first = trees_of(_decode.UBJDecoder(data).decode())
+    assert type(first) is _structure.Forest
+    template_used = _ubj_trees.fast_trees(_decode.UBJDecoder(data), data.index(b"trees[#L") + 16, len(first.n), 5)
     assert (template_used is not None) == (name in TEMPLATE_MODELS)
-    monkeypatch.setattr(V, "_fast_trees", lambda *args: None)
-    scanned = trees_of(V._UBJDecoder(data).decode())
-    assert type(scanned) is V._Forest
-    monkeypatch.setattr(V, "_scan_trees", lambda *args: None)
-    generic = V._forest_from_dicts(trees_of(V._UBJDecoder(data).decode()))
+    monkeypatch.setattr(_decode, "fast_trees", lambda *args: None)
+    scanned = trees_of(_decode.UBJDecoder(data).decode())
+    assert type(scanned) is _structure.Forest
+    monkeypatch.setattr(_decode, "scan_trees", lambda *args: None)
+    generic = _schema._forest_from_dicts(trees_of(_decode.UBJDecoder(data).decode()))
     same(first, generic)
     same(scanned, generic)
 
@@ -181,8 +181,8 @@ def _many_trees_ubj(models, count: int, id_of=lambda t: t) -> bytes:
 def test_more_than_32767_trees_use_the_fast_path(models):
     """Tree ids past 32766 are written with the 4-byte 'l' marker; the template handles all three."""
     data = _many_trees_ubj(models, 33_000)
-    validate(data, "ubj", path="p")
-    template = V._fast_trees(V._UBJDecoder(data), data.index(b"trees[#L") + 16, 33_000, 5)
+    validate(data, fmt="ubj", path="p")
+    template = _ubj_trees.fast_trees(_decode.UBJDecoder(data), data.index(b"trees[#L") + 16, 33_000, 5)
     assert template is not None and np.array_equal(template[0].ids, np.arange(33_000))
     # a repeated id written with a shorter marker: the template misses it, the scanner reads it
     refused(_many_trees_ubj(models, 33_000, lambda t: 5 if t == 32_900 else t), "ubj", "tree ids")
@@ -190,12 +190,13 @@ def test_more_than_32767_trees_use_the_fast_path(models):
 
 
 def test_validator_does_not_import_xgboost():
-    tree = ast.parse(Path(V.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
-    assert "xgboost" not in imported
+    for source in Path(V.__file__).parent.glob("*.py"):  # every module of the validator package
+        tree = ast.parse(source.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert "xgboost" not in imported, source.name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +288,7 @@ def craft(models, name, fmt, mutate) -> bytes:
 
 def refused(data: bytes, fmt: str, match: str | None = None) -> str:
     with pytest.raises(MalformedArtifactError) as info:
-        validate(data, fmt, path="m/model." + fmt)
+        validate(data, fmt=fmt, path="m/model." + fmt)
     message = str(info.value)
     assert message.startswith("m/model." + fmt + ": ")
     assert "do not load it" in message and "re-save the model" in message
@@ -496,7 +497,7 @@ def test_parent_chains_need_not_be_monotone(models, fmt):
         t, (a, b, *_) = _deleted_leaves(doc)
         low, high = min(a, b), max(a, b)
         t["parents"][low], t["parents"][high] = high, 1
-    validate(craft(models, "exact_pruned", fmt, mutate), fmt, path="p")
+    validate(craft(models, "exact_pruned", fmt, mutate), fmt=fmt, path="p")
 
 
 # ---- byte-level / decoder cases ------------------------------------------------------------------
@@ -533,8 +534,8 @@ def test_ubj_payload_patches_are_caught_on_the_fast_path(models):
         ("split_indices", 0, -(2**31), "splits on feature"),
     ):
         refused(patch_i32(data, key, index, value), "ubj", match)
-    doc = V._UBJDecoder(patch_i32(data, "left_children", 0, 10**6)).decode()
-    assert type(gbtree_model(doc)["trees"]) is V._Forest
+    doc = _decode.UBJDecoder(patch_i32(data, "left_children", 0, 10**6)).decode()
+    assert type(gbtree_model(doc)["trees"]) is _structure.Forest
 
 
 def _obj(*pairs: tuple[bytes, bytes]) -> bytes:
@@ -612,14 +613,14 @@ def test_garbage_bytes_are_refused(fmt, seed):
 @pytest.mark.parametrize("data", [b"", b"{", b"{\xff\xfe", b"\x00" * 64, "not bytes", 12, None, bytearray(b"{}")])
 def test_odd_inputs_raise_only_malformed(data):
     with pytest.raises(MalformedArtifactError):
-        validate(data, "json", path="p")
+        validate(data, fmt="json", path="p")
     with pytest.raises(MalformedArtifactError):
-        validate(data, "ubj", path="p")
+        validate(data, fmt="ubj", path="p")
 
 
 def test_unknown_format_is_refused(models):
     with pytest.raises(MalformedArtifactError):
-        validate(models["binary"]["ubj"], "bin", path="p")
+        validate(models["binary"]["ubj"], fmt="bin", path="p")
 
 
 def test_format_must_match_what_xgboost_will_sniff(models):
@@ -630,8 +631,8 @@ def test_format_must_match_what_xgboost_will_sniff(models):
 
 
 def test_memoryview_and_bytearray_inputs_are_accepted(models):
-    validate(bytearray(models["binary"]["ubj"]), "ubj", path="p")
-    validate(memoryview(models["binary"]["json"]), "json", path="p")
+    validate(bytearray(models["binary"]["ubj"]), fmt="ubj", path="p")
+    validate(memoryview(models["binary"]["json"]), fmt="json", path="p")
 
 
 def disguised_leaf_weights(models) -> bytes:
@@ -649,7 +650,7 @@ def test_json_unicode_escapes_are_read_like_xgboost_reads_them(models):
     # escapes elsewhere (feature names, attributes) are harmless and still accepted
     doc = json.loads(models["sklearn_named_features"]["json"])
     text = json.dumps(doc, ensure_ascii=True).replace('"f1"', '"f\\u00e91"').replace('"f2"', '"f\\\\u2"')
-    validate(text.encode(), "json", path="p")
+    validate(text.encode(), fmt="json", path="p")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -756,7 +757,7 @@ def _apply(data: bytes, mutations) -> bytes:
 
 def _fuzz_once(data: bytes, fmt: str) -> None:
     try:
-        validate(data, fmt, path="fuzz")
+        validate(data, fmt=fmt, path="fuzz")
     except MalformedArtifactError as exc:
         assert "could not be validated" not in str(exc), str(exc)  # explicit checks, not the safety net
 
@@ -800,7 +801,7 @@ def test_mutants_the_validator_accepts_do_not_crash_raw_xgboost(models, tmp_path
         for fmt in FORMATS:
             data = json.dumps(mutant).encode() if fmt == "json" else to_ubj(mutant)
             try:
-                validate(data, fmt, path="m")
+                validate(data, fmt=fmt, path="m")
             except MalformedArtifactError as exc:
                 assert "could not be validated" not in str(exc), str(exc)
                 continue
@@ -811,7 +812,7 @@ def test_mutants_the_validator_accepts_do_not_crash_raw_xgboost(models, tmp_path
         data = _apply(models[name]["ubj"], [(rnd.choice(["flip", "set", "int32"]), rnd.random(), rnd.randrange(256),
                                              rnd.choice([0, 1, -1, 10**6])) for _ in range(rnd.randint(1, 3))])
         try:
-            validate(data, "ubj", path="m")
+            validate(data, fmt="ubj", path="m")
         except MalformedArtifactError:
             continue
         path = tmp_path / f"bytes{i}.ubj"

@@ -1,0 +1,358 @@
+"""Decoding the tree section: every line of every tree block, the span of every field's value, and
+the numbers in those values (their characters and how many each field holds).
+
+LightGBM cuts the tree section at tree_sizes and parses every block on its own. Here the whole
+section is scanned once with NumPy for its separators ('\\n', ' ') and signs ('-', '+'), the only
+bytes <= 45 it may hold. The line breaks give every block's lines: a block in model_to_string's
+exact layout (the common case) has its field names compared vectorised; any other block is
+parsed line by line. Every field's value is then known by its span, and the numbers of the whole
+section are checked together: their characters, the bytes around separators and signs, and how
+many values each field holds. Only the fields that define the tree's shape are parsed (by
+:mod:`._trees`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from .._common import INT32_MAX, Refused, first_outside, offsets_of
+
+# The fields of a tree block, in the order model_to_string writes them (lightgbm >= 3.1).
+TREE_KEYS = (
+    "num_leaves",
+    "num_cat",
+    "split_feature",
+    "split_gain",
+    "threshold",
+    "decision_type",
+    "left_child",
+    "right_child",
+    "leaf_value",
+    "leaf_weight",
+    "leaf_count",
+    "internal_value",
+    "internal_weight",
+    "internal_count",
+    "cat_boundaries",
+    "cat_threshold",
+    "is_linear",
+    "leaf_const",
+    "num_features",
+    "leaf_features",
+    "leaf_coeff",
+    "shrinkage",
+)
+K = {key: i for i, key in enumerate(TREE_KEYS)}
+_TREE_KEYS_B = {key.encode(): i for i, key in enumerate(TREE_KEYS)}
+
+# How many values a field holds.
+_SCALAR, _INTERNAL, _LEAF, _CAT_BOUNDS, _FREE = range(5)
+_RULE = {
+    "num_leaves": _SCALAR,
+    "num_cat": _SCALAR,
+    "split_feature": _INTERNAL,
+    "split_gain": _INTERNAL,
+    "threshold": _INTERNAL,
+    "decision_type": _INTERNAL,
+    "left_child": _INTERNAL,
+    "right_child": _INTERNAL,
+    "leaf_value": _LEAF,
+    "leaf_weight": _LEAF,
+    "leaf_count": _LEAF,
+    "internal_value": _INTERNAL,
+    "internal_weight": _INTERNAL,
+    "internal_count": _INTERNAL,
+    "cat_boundaries": _CAT_BOUNDS,
+    "cat_threshold": _FREE,  # checked with the categories
+    "is_linear": _SCALAR,
+    "leaf_const": _FREE,  # linear trees only: one per leaf (set in check_trees)
+    "num_features": _FREE,
+    "leaf_features": _FREE,  # checked by _check_linear
+    "leaf_coeff": _FREE,
+    "shrinkage": _SCALAR,
+}
+_RULES = np.array([_RULE[key] for key in TREE_KEYS])
+# leaf_features/leaf_coeff are written with double spaces; they are checked per tree instead.
+_LOOSE = np.array([key in ("leaf_features", "leaf_coeff") for key in TREE_KEYS])
+
+# model_to_string's block layouts (lightgbm >= 3.1): "Tree=i", the fields, two blank lines.
+_CAT_KEYS = ("cat_boundaries", "cat_threshold")
+_LINEAR_KEYS = ("leaf_const", "num_features", "leaf_features", "leaf_coeff")
+_PLAIN = tuple(k for k in TREE_KEYS if k not in _CAT_KEYS + _LINEAR_KEYS)
+_WITH_CAT = _PLAIN[:14] + _CAT_KEYS + _PLAIN[14:]  # before is_linear
+_LAYOUTS = (
+    _PLAIN,
+    _WITH_CAT,
+    _PLAIN[:15] + _LINEAR_KEYS + _PLAIN[15:],  # after is_linear
+    _WITH_CAT[:17] + _LINEAR_KEYS + _WITH_CAT[17:],
+)
+_LAYOUT_LINES = np.array([len(layout) + 3 for layout in _LAYOUTS])
+_WIDTH = max(len(k) for k in TREE_KEYS) + 1
+
+
+NUMBER_BYTES = b"0123456789.e+- \n"
+
+
+def _outside_value(key: bytes) -> int:
+    """Bytes of a line's 'key=' part that are not among NUMBER_BYTES."""
+    return len(key.translate(None, NUMBER_BYTES))
+
+
+def _layout_tables() -> tuple[np.ndarray, ...]:
+    prefix, mask, field, start, blank, outside = [], [], [], [], [], []
+    for layout in _LAYOUTS:
+        rows = [b"Tree="] + [k.encode() + b"=" for k in layout] + [b"", b""]
+        for i, row in enumerate(rows):
+            prefix.append(list(row.ljust(_WIDTH, b"\0")))
+            mask.append([True] * len(row) + [False] * (_WIDTH - len(row)))
+            field.append(K[layout[i - 1]] if 0 < i <= len(layout) else -1)
+            start.append(len(row))
+            blank.append(not row)
+            outside.append(_outside_value(row))
+    base = offsets_of(_LAYOUT_LINES)[:-1]
+    return (
+        np.array(prefix, dtype=np.uint8),
+        np.array(mask, dtype=bool),
+        np.array(field),
+        np.array(start),
+        np.array(blank),
+        np.array(outside),
+        base,
+    )
+
+
+_PREFIX, _PREFIX_MASK, _ROW_FIELD, _ROW_VALUE_START, _ROW_BLANK, _ROW_OUTSIDE, _LAYOUT_BASE = _layout_tables()
+
+
+class Section(NamedTuple):
+    """The tree section, decoded: its bytes, where its separators and signs are, and for every line
+    its tree, its field (-1: a ``Tree=`` or blank line) and where its value starts; ``spans`` holds
+    each tree's field values as [start, end) byte ranges (-1: the field is absent)."""
+
+    region: bytes
+    a: np.ndarray  # the bytes as uint8
+    pos: np.ndarray  # positions of the separators and signs
+    c: np.ndarray  # their bytes
+    is_newline: np.ndarray
+    newlines: np.ndarray  # positions of the line breaks: one a line
+    line_block: np.ndarray  # per line: its tree
+    field: np.ndarray  # per line: its field index in TREE_KEYS, -1 for Tree= and blank lines
+    value_start: np.ndarray  # per line: where its value starts
+    kv: np.ndarray  # the lines that hold a field
+    spans: np.ndarray  # (tree, field, start/end)
+
+
+def read_section(region: bytes, sizes: list[int]) -> Section:
+    """Cut the tree section into lines and fields; refuse characters that belong to no number."""
+    n = len(sizes)
+    a = np.frombuffer(region, dtype=np.uint8)
+    # Separators and signs ('\n' 10, ' ' 32, '+' 43, '-' 45: the only bytes <= 45 allowed).
+    pos = np.flatnonzero(a <= 45)
+    c = a.take(pos)
+    is_newline = c == 10
+    newlines = pos[is_newline]
+    line_block, field, value_start, outside = _tree_lines(region, a, newlines, sizes)
+
+    # Characters: besides digits, '.', 'e', ' ', '\n', '+', '-', the section holds only the
+    # "Tree=" and field names of its lines (no letters, quotes, controls, non-ASCII in a value).
+    if len(region.translate(None, NUMBER_BYTES)) != outside:
+        raise Refused("a tree has a value with a character that is not part of a number")
+
+    kv = np.flatnonzero(field >= 0)
+    spans = np.full((n, len(TREE_KEYS), 2), -1, dtype=np.int64)
+    spans[line_block[kv], field[kv], 0] = value_start[kv]
+    spans[line_block[kv], field[kv], 1] = newlines[kv]
+    return Section(region, a, pos, c, is_newline, newlines, line_block, field, value_start, kv, spans)
+
+
+def expected_counts(L: np.ndarray, num_cat: np.ndarray, linear: np.ndarray, parsed: np.ndarray) -> np.ndarray:
+    """How many values each field of each tree holds (-1: any), given its num_leaves ``L``."""
+    n_int = L - 1
+    expected = np.full((L.size, len(TREE_KEYS)), -1, dtype=np.int64)
+    expected[:, _RULES == _SCALAR] = 1
+    expected[:, _RULES == _INTERNAL] = np.where(parsed & (n_int > 0), n_int, -1)[:, None]
+    expected[:, _RULES == _LEAF] = np.where(parsed, L, -1)[:, None]
+    expected[:, K["leaf_value"]] = L
+    expected[:, K["cat_boundaries"]] = np.where(num_cat > 0, num_cat + 1, -1)
+    expected[:, K["leaf_const"]] = np.where(linear, L, -1)
+    expected[:, K["num_features"]] = np.where(linear, L, -1)
+    return expected
+
+
+def _tree_lines(region: bytes, a: np.ndarray, newlines: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, ...]:
+    """Every line of the section: its tree, field (-1: the Tree= line or a blank line), value start.
+
+    Also returns how many bytes outside numbers the lines' 'key=' parts hold (for the character
+    check). Blocks in model_to_string's layout are checked vectorised, others line by line.
+    """
+    n = len(sizes)
+    offsets = offsets_of(sizes)
+    for i, off in enumerate(offsets[:-1].tolist()):
+        if not region.startswith(b"Tree=%d\n" % i, off):
+            raise Refused(f"tree_sizes does not point at 'Tree={i}' (tree {i} should start at byte {off})")
+    if a[offsets[1:] - 1].min(initial=10) != 10:
+        raise Refused("a tree does not end with a line break where tree_sizes says it ends")
+    if region[-2:] != b"\n\n":
+        raise Refused(f"tree {n - 1} is not followed by a blank line")
+    first_line = np.searchsorted(newlines, offsets[:-1])
+    per_block = np.diff(np.append(first_line, newlines.size))
+    line_block = np.repeat(np.arange(n), per_block)
+    line_start = np.concatenate(([0], newlines[:-1] + 1))
+    line_no = np.arange(newlines.size) - first_line[line_block]
+
+    layout = np.full(n, -1)
+    for k, lines in enumerate(_LAYOUT_LINES.tolist()):
+        layout[per_block == lines] = k
+    canonical = layout[line_block] >= 0
+    row = np.where(canonical, _LAYOUT_BASE[layout[line_block]] + line_no, 0)
+    idx = np.minimum(line_start[:, None] + np.arange(_WIDTH), a.size - 1)
+    wrong = ((a[idx] != _PREFIX[row]) & _PREFIX_MASK[row]).any(axis=1)
+    wrong |= _ROW_BLANK[row] & (newlines != line_start)
+    slow = np.zeros(n, dtype=bool)
+    slow[line_block[~canonical | wrong]] = True
+
+    field = _ROW_FIELD[row]
+    value_start = line_start + _ROW_VALUE_START[row]
+    outside = int(_ROW_OUTSIDE[row][~slow[line_block]].sum())
+    for t in np.flatnonzero(slow).tolist():
+        lines = slice(int(first_line[t]), int(first_line[t] + per_block[t]))
+        f, v, o = _block_lines_slow(region, line_start[lines], newlines[lines], t)
+        field[lines], value_start[lines] = f, v
+        outside += o
+    return line_block, field, value_start, outside
+
+
+def _block_lines_slow(region: bytes, starts: np.ndarray, ends: np.ndarray, t: int) -> tuple[list, list, int]:
+    """A block not in model_to_string's exact layout (LightGBM takes its fields in any order)."""
+    fields, value_starts, outside = [-1], [int(starts[0]) + 5], _outside_value(b"Tree=")  # checked by the caller
+    seen: set[int] = set()
+    blank = False
+    for s, e in zip(starts[1:].tolist(), ends[1:].tolist()):
+        line = region[s:e]
+        if not line:
+            blank = True  # LightGBM stops reading the tree at the first blank line
+            fields.append(-1)
+            value_starts.append(s)
+            continue
+        if blank:
+            raise Refused(f"tree {t} has a line after its blank line: {line[:40]!r}")
+        key, sep, _ = line.partition(b"=")
+        index = _TREE_KEYS_B.get(key) if sep else None
+        if index is None:
+            raise Refused(f"tree {t} has an unknown line {line[:40]!r}")
+        if index in seen:
+            raise Refused(f"tree {t} has {key.decode()} twice")
+        seen.add(index)
+        fields.append(index)
+        value_starts.append(s + len(key) + 1)
+        outside += _outside_value(key + b"=")
+    if not blank:
+        raise Refused(f"tree {t} is not followed by a blank line")
+    return fields, value_starts, outside
+
+
+def small_ints(values: list[bytes], what: str, lo: int, hi: int) -> np.ndarray:
+    """One small non-negative integer per tree (num_leaves, num_cat, is_linear)."""
+    for i, v in enumerate(values):
+        if not (v and len(v) <= 9 and v.isdigit()):
+            raise Refused(f"tree {i} has a malformed {what} {v[:20]!r}")
+    array = np.array(list(map(int, values)), dtype=np.int64)
+    tree = first_outside(array, lo, hi)
+    if tree is not None:
+        raise Refused(f"tree {tree} has {what}={int(array[tree])} (allowed {lo}..{hi})")
+    return array
+
+
+def field_values(region: bytes, spans: np.ndarray, key: str, trees: np.ndarray | None = None) -> list[bytes]:
+    col = spans[:, K[key]] if trees is None else spans[trees, K[key]]
+    return [region[s:e] for s, e in col.tolist()]
+
+
+def parse_ints(
+    region: bytes,
+    spans: np.ndarray,
+    keys: tuple[str, ...],
+    trees: np.ndarray,
+    per_tree: np.ndarray,
+    lo: int = -INT32_MAX - 1,
+    hi: int = INT32_MAX,
+) -> list[np.ndarray]:
+    """Integer fields ``keys`` of ``trees``, concatenated per field; their lengths were checked."""
+    total = int(per_tree[trees].sum())
+    if total == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in keys]
+    joined = b" ".join([piece for key in keys for piece in field_values(region, spans, key, trees)])
+    # Digits, spaces and a '-' that starts a value only: every value then parses, and a '-' inside
+    # a value ("1-2") can only add values, which the total below catches.
+    if joined.translate(None, b"0123456789 -"):
+        raise Refused(f"a tree's {'/'.join(keys)} holds a value that is not an integer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        array = np.fromstring(joined, dtype=np.int64, sep=" ")
+    if array.size != total * len(keys):
+        raise Refused(f"a tree's {'/'.join(keys)} holds a value that is not an integer")
+    if first_outside(array, lo, hi) is not None:
+        raise Refused(f"a tree's {'/'.join(keys)} has a value outside [{lo}, {hi}]")
+    return [array[i * total : (i + 1) * total] for i in range(len(keys))]
+
+
+
+def check_numbers(section: Section, expected: np.ndarray) -> np.ndarray:
+    """Every value is a list of plain decimal numbers of the field's length; returns the lengths.
+
+    LightGBM aborts (SIGABRT) on a count mismatch in threshold/leaf_value/leaf_weight and on a
+    number it cannot parse in any field ("-", ".", "e5", "1--2"), so: a value starts with a digit
+    or '-'; '-' and '+' are followed by a digit; a space is followed by a digit or '-' (so no empty
+    values and no trailing space). The characters were checked by read_section.
+    """
+    region, a, pos, c, is_newline, newlines, line_block, field, value_start, kv, spans = section
+    loose = _LOOSE[field[kv]]
+    if loose.any():
+        # leaf_features/leaf_coeff (linear trees) are written with double spaces; skip their bytes.
+        line_of = np.cumsum(is_newline) - is_newline
+        skip_line = np.zeros(newlines.size, dtype=bool)
+        skip_line[kv[loose]] = True
+        keep = ~skip_line[line_of] | is_newline
+        pos, c = pos[keep], c[keep]
+        is_newline = c == 10
+        kv = kv[~loose]
+    # The section ends with a blank line, so every byte but the last '\n' has a next byte.
+    inner = pos[:-1]
+    nxt = a.take(inner + 1)
+    cc = c[:-1]
+    bad = (nxt - 48) >= 10  # the next byte is not a digit (uint8 arithmetic wraps)
+    bad &= cc != 10  # '\n' is followed by the next line's name, matched already
+    bad &= (cc != 32) | (nxt != 45)  # ' ' may also be followed by '-'
+    if bad.any():
+        p = int(inner[int(np.argmax(bad))])
+        raise Refused(f"{_field_at(spans, p)} has a malformed number near {region[max(p - 12, 0) : p + 12]!r}")
+
+    starts, ends = value_start[kv], newlines[kv]
+    nonempty = ends > starts
+    first = a[np.minimum(starts, a.size - 1)]
+    bad_start = nonempty & ((first - 48) >= 10) & (first != 45)
+    if bad_start.any():
+        raise Refused(f"{_field_at(spans, int(starts[int(np.argmax(bad_start))]))} does not start with a number")
+
+    want = expected[line_block[kv], field[kv]]
+    # Spaces on each line: the specials from just after the previous line's '\n' to its own.
+    line_first = np.flatnonzero(is_newline)[:-1] + 1
+    per_line = np.add.reduceat(c == 32, np.concatenate(([0], line_first)), dtype=np.int32)
+    got = per_line[kv] + nonempty
+    check = want >= 0
+    if not np.array_equal(got[check], want[check]):
+        i = int(np.flatnonzero(check & (got != want))[0])
+        raise Refused(f"{_field_at(spans, int(starts[i]))} has {int(got[i])} values, expected {int(want[i])}")
+    counts = np.full(expected.shape, -1, dtype=np.int64)
+    counts[line_block[kv], field[kv]] = got
+    return counts
+
+
+def _field_at(spans: np.ndarray, position: int) -> str:
+    """'tree T field' for a byte position, for error messages."""
+    tree = max(int(np.searchsorted(spans[:, 0, 0], position, side="right")) - 1, 0)
+    inside = np.flatnonzero((spans[tree, :, 0] <= position) & (position <= spans[tree, :, 1]))
+    return f"tree {tree} {TREE_KEYS[int(inside[0])] if inside.size else 'line'}"
