@@ -549,8 +549,8 @@ class SafeFlavorPyfunc:
         """Predict with ``params["predict_method"]`` (default: the method recorded at save time).
 
         ``params["backend"]``: "auto" (the loader's default: onnxruntime for the methods the export
-        covers and input it can take faithfully, the native model otherwise), "native" or "onnx"
-        (an error when the export cannot answer this call).
+        covers, input it can take faithfully and batches below its measured crossover, the native
+        model otherwise), "native" or "onnx" (an error when the export cannot answer this call).
         """
         params = params or {}
         method = params.get("predict_method") or self.predict_method
@@ -571,6 +571,8 @@ class SafeFlavorPyfunc:
             backend = self.backend
         if backend != "native":
             if self.onnx is not None and method in self.onnx.methods:
+                if backend == "auto" and not self.onnx.answers(data):
+                    return self.codec.predict(self.model, method, data)  # the native model is faster here
                 out = self.onnx.predict(method, data, fallback=self._native_predict)
                 if not isinstance(out, str):
                     return out

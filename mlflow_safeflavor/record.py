@@ -130,6 +130,11 @@ ONNX_CONVERTERS = ("skl2onnx", "onnxmltools", "catboost")
 ONNX_METHODS = ("predict", "predict_proba")
 ONNX_TYPES = ("float", "int", "string")
 MAX_COLUMNS = 100_000
+# Records written before crossover_rows existed: the export answers batches below this many rows,
+# the native model larger ones (onnxruntime was measured 3-9× slower at 10k rows for XGBoost and
+# CatBoost, and 5-20× faster at one row, docs/onnx.md).
+LEGACY_CROSSOVER_ROWS = 1000
+MAX_CROSSOVER_ROWS = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -151,10 +156,13 @@ class OnnxRecord:
     max_abs_diff: dict[str, float]
     tolerance: dict[str, float]
     agreed: bool
+    # Optional in MLmodel: the batch size from which ``backend="auto"`` uses the native model
+    # (null: the export at every size; absent, in older records: LEGACY_CROSSOVER_ROWS).
+    crossover_rows: int | None = LEGACY_CROSSOVER_ROWS
 
     def spec(self) -> dict[str, Any]:
         """What :class:`mlflow_safeflavor.export.runtime.OnnxRunner` needs."""
-        return {"inputs": self.inputs, "methods": self.methods}
+        return {"inputs": self.inputs, "methods": self.methods, "crossover_rows": self.crossover_rows}
 
 
 def _is_int(v: Any) -> bool:
@@ -181,9 +189,9 @@ def parse_onnx(doc: Any, *, files: dict[str, Any], root: Path) -> OnnxRecord:
             path=str(root),
         )
 
-    keys = {f for f in OnnxRecord.__dataclass_fields__}
-    if not isinstance(doc, dict) or set(doc) != keys:
-        raise bad("", f"a mapping with exactly the keys {sorted(keys)}")
+    keys = {f for f in OnnxRecord.__dataclass_fields__} - {"crossover_rows"}
+    if not isinstance(doc, dict) or set(doc) - {"crossover_rows"} != keys:
+        raise bad("", f"a mapping with exactly the keys {sorted(keys)} (and optionally crossover_rows)")
     if doc["file"] != ONNX_FILE or ONNX_FILE not in files:
         raise bad("file", f"{ONNX_FILE!r}, listed with its digest in safeflavor.files")
     if doc["converter"] not in ONNX_CONVERTERS:
@@ -215,11 +223,14 @@ def parse_onnx(doc: Any, *, files: dict[str, Any], root: Path) -> OnnxRecord:
         raise bad("tolerance", "{rtol, atol} as non-negative numbers")
     if not isinstance(doc["agreed"], bool):
         raise bad("agreed", "true or false")
+    crossover = doc.get("crossover_rows", LEGACY_CROSSOVER_ROWS)
+    if crossover is not None and not (_is_int(crossover) and 1 <= crossover <= MAX_CROSSOVER_ROWS):
+        raise bad("crossover_rows", "a positive number of rows, or null")
     return OnnxRecord(
         file=ONNX_FILE, converter=doc["converter"], versions=dict(versions), opset=dict(opset),
         inputs=dict(inputs), methods={m: dict(v) for m, v in methods.items()}, sample_size=doc["sample_size"],
         max_abs_diff={m: float(v) for m, v in diffs.items()},
-        tolerance={k: float(v) for k, v in tol.items()}, agreed=doc["agreed"],
+        tolerance={k: float(v) for k, v in tol.items()}, agreed=doc["agreed"], crossover_rows=crossover,
     )
 
 

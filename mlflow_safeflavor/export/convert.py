@@ -187,11 +187,19 @@ def convert(model: Any, codec: str, spec: dict[str, Any]) -> Conversion:
         versions["onnxmltools"] = onnxmltools.__version__
         converter = "onnxmltools"
     classifier = is_classifier(model)
+    options = {"zipmap": False} if classifier else None
+    proto = None
+    cast = _with_cast(model)
+    if cast is not None:
+        try:
+            proto = skl2onnx.to_onnx(cast, initial_types=_initial_types(spec, double=True),
+                                     target_opset=dict(TARGET_OPSET), options=options)
+        except Exception:  # noqa: BLE001 - a step without a double converter: float32 below
+            proto = None
     try:
-        proto = skl2onnx.to_onnx(
-            model, initial_types=_initial_types(spec), target_opset=dict(TARGET_OPSET),
-            options={"zipmap": False} if classifier else None,
-        )
+        if proto is None:
+            proto = skl2onnx.to_onnx(model, initial_types=_initial_types(spec), target_opset=dict(TARGET_OPSET),
+                                     options=options)
     except Exception as exc:  # skl2onnx raises many types for unsupported models
         raise NotConvertible(f"{converter} cannot convert {type(model).__name__}: {type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}") from None
@@ -208,12 +216,47 @@ def convert(model: Any, codec: str, spec: dict[str, Any]) -> Conversion:
     return Conversion(proto, converter, versions, spec, methods)
 
 
-def _initial_types(spec: dict[str, Any]) -> list[tuple[str, Any]]:
-    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
+# LightGBM is absent: it compares float64 inputs with float64 thresholds, which a float32 cast
+# cannot reproduce (its ONNX converter writes float32 thresholds).
+_TREE_MODULES = ("sklearn.ensemble", "sklearn.tree", "xgboost")
 
+
+def _with_cast(model: Any) -> Any:
+    """The pipeline with a float32 cast in front of its final tree ensemble, or None.
+
+    scikit-learn computes a pipeline's transforms in float64 and casts to float32 only inside the
+    trees (XGBoost at its DMatrix). Converted as is, the export would scale in float32, and inputs
+    landing near a split threshold take the other branch. Converted with double inputs and this
+    cast, the export computes exactly where scikit-learn does: the transforms in float64, the
+    trees on float32. The cast changes no prediction of the model itself (the trees cast anyway);
+    it exists only in the copy that is converted.
+    """
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(model, Pipeline) or len(model.steps) < 2:
+        return None
+    name, final = model.steps[-1]
+    if isinstance(final, Pipeline):
+        inner = _with_cast(final)
+        return None if inner is None else Pipeline([*model.steps[:-1], (name, inner)])
+    module = type(final).__module__
+    if not module.startswith(_TREE_MODULES) or "HistGradientBoosting" in type(final).__name__:
+        return None
+    if all(step in (None, "passthrough") for _, step in model.steps[:-1]):
+        return None
+    import numpy as np
+    from skl2onnx.sklapi import CastTransformer
+
+    return Pipeline([*model.steps[:-1], ("safeflavor_float32", CastTransformer(dtype=np.float32)), (name, final)])
+
+
+def _initial_types(spec: dict[str, Any], *, double: bool = False) -> list[tuple[str, Any]]:
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType, StringTensorType
+
+    real = DoubleTensorType if double else FloatTensorType
     if spec["kind"] == "matrix":
-        return [("input", FloatTensorType([None, spec["width"]]))]
-    kinds = {"float": FloatTensorType, "int": Int64TensorType, "string": StringTensorType}
+        return [("input", real([None, spec["width"]]))]
+    kinds = {"float": real, "int": Int64TensorType, "string": StringTensorType}
     return [(col, kinds[typ]([None, 1])) for col, typ in zip(spec["columns"], spec["types"])]
 
 

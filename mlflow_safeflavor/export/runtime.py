@@ -86,7 +86,11 @@ class OnnxRunner:
         self.path = path
         self.inputs = dict(spec["inputs"])
         self.methods = {m: dict(v) for m, v in spec["methods"].items()}
+        self.crossover_rows = spec.get("crossover_rows")
         self._input_names = [i.name for i in self.session.get_inputs()]
+        # Real inputs are float32, or float64 for a pipeline that transforms in double before its
+        # trees (export.convert._with_cast): the graph's own input type says which.
+        self._real = [np.float64 if i.type == "tensor(double)" else np.float32 for i in self.session.get_inputs()]
         types = self.inputs.get("types") or []
         self._positions = {t: [i for i, x in enumerate(types) if x == t] for t in ("float", "int", "string")}
         outputs = {o.name for o in self.session.get_outputs()}
@@ -105,6 +109,18 @@ class OnnxRunner:
                 path=path,
             )
 
+    def answers(self, data: Any) -> bool:
+        """True if ``backend="auto"`` should use the export for ``data``: fewer rows than the crossover.
+
+        The crossover was measured where the export was made (:mod:`mlflow_safeflavor.export.timing`);
+        input whose row count is unknown goes to the export, which feeds it or says why not.
+        """
+        if self.crossover_rows is None:
+            return True
+        shape = getattr(data, "shape", None)
+        rows = shape[0] if shape else len(data) if isinstance(data, (list, tuple)) else None
+        return rows is None or rows < self.crossover_rows
+
     # ------------------------------------------------------------------------------ input
 
     def feed(self, data: Any) -> dict[str, np.ndarray] | str:
@@ -120,11 +136,11 @@ class OnnxRunner:
             if len(data) <= SMALL_BATCH:
                 return self._feed_small(data)
             feed = {}
-            for name, col, typ in zip(self._input_names, columns, self.inputs["types"]):
+            for name, col, typ, real in zip(self._input_names, columns, self.inputs["types"], self._real):
                 arr = _column(data[col], typ)
                 if isinstance(arr, str):
                     return f"column {col!r}: {arr}"
-                feed[name] = arr.reshape(-1, 1)
+                feed[name] = (arr.astype(real, copy=False) if typ == "float" else arr).reshape(-1, 1)
             return feed
         if isinstance(data, pd.DataFrame):
             if columns is not None and list(data.columns) != columns:
@@ -143,7 +159,7 @@ class OnnxRunner:
             return f"the input has shape {arr.shape}, the export takes (n, {self.inputs['width']})"
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             return "the input holds NaN or infinite values (missing-value handling is the native model's)"
-        return {self._input_names[0]: arr.astype(np.float32, copy=False)}
+        return {self._input_names[0]: arr.astype(self._real[0], copy=False)}
 
     def _feed_small(self, data: Any) -> dict[str, np.ndarray] | str:
         """The per-column feed for a few rows: one conversion to an object array, then plain checks.
@@ -170,9 +186,8 @@ class OnnxRunner:
                 block = block.astype(np.float64)
                 if not np.isfinite(block).all():
                     return "the input holds NaN or infinite values (missing-value handling is the native model's)"
-                block = block.astype(np.float32)
             for k, i in enumerate(idx):
-                feed[self._input_names[i]] = block[:, k:k + 1]
+                feed[self._input_names[i]] = block[:, k:k + 1].astype(self._real[i] if kind == "float" else np.int64)
         for i in self._positions["string"]:
             values = arr[:, i]
             if not all(type(v) is str for v in values):
@@ -235,7 +250,7 @@ def _column(series: Any, typ: str) -> np.ndarray | str:
     arr = series.to_numpy(dtype=np.float64)
     if not np.isfinite(arr).all():
         return "holds NaN or infinite values (missing-value handling is the native model's)"
-    return arr.astype(np.float32)
+    return arr
 
 
 def shape_output(out: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
@@ -254,7 +269,8 @@ class OnnxModel:
     """What ``load_model(..., backend="onnx"|"auto")`` returns: the export for what it covers.
 
     ``predict`` and ``predict_proba`` run in onnxruntime when the export covers them and can take
-    the input faithfully; otherwise the native model answers — except with ``strict`` (an explicit
+    the input faithfully (and, without ``strict``, the batch is below the export's crossover);
+    otherwise the native model answers — except with ``strict`` (an explicit
     ``backend="onnx"``), where that is an InvalidArgumentError. Every other attribute is the
     native model's; ``native`` is the model itself.
     """
@@ -266,6 +282,8 @@ class OnnxModel:
         self.strict = strict
 
     def _run(self, method: str, data: Any) -> Any:
+        if not self.strict and not self.runner.answers(data):
+            return self.codec.predict(self.native, method, data)  # a batch the native model answers faster
         out = self.runner.predict(method, data, fallback=lambda rows: self.codec.predict(self.native, "predict", rows))
         if not isinstance(out, str):
             return out

@@ -5,8 +5,9 @@ Protocol: one JSON request per line on stdin, one JSON reply per line on a priva
 temporary model directory, the codec record of the checkpoint written there and, optionally, the
 input example file (Parquet or ``.npy`` without pickle). The worker rebuilds the model *from those
 files* with our own codec — so the export is compared with exactly what ``load_model`` returns —
-converts it, writes ``model.onnx`` next to the checkpoint and replies with the ``onnx`` record, or
-with the reason it cannot (``stage`` = ``convert`` or ``agree``).
+converts it, checks agreement, times both backends (:mod:`mlflow_safeflavor.export.timing`),
+writes ``model.onnx`` next to the checkpoint and replies with the ``onnx`` record, or with the
+reason it cannot (``stage`` = ``convert`` or ``agree``).
 
 The parent (:mod:`mlflow_safeflavor.export`) kills this process when a request overruns its
 time limit; nothing here needs to be interruptible.
@@ -105,7 +106,7 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
     """Convert and check one saved checkpoint; return the ``onnx`` record (file written)."""
     from mlflow_safeflavor import integrity
     from mlflow_safeflavor.codecs import get_codec
-    from mlflow_safeflavor.export import ATOL, FILE, RTOL, convert
+    from mlflow_safeflavor.export import ATOL, FILE, RTOL, convert, timing
     from mlflow_safeflavor.export.runtime import OnnxRunner
     from mlflow_safeflavor.errors import MalformedArtifactError
 
@@ -122,11 +123,19 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
         conv.methods[method]["ndim"] = int(out.ndim)
     data = conv.proto.SerializeToString()
     try:
-        runner = OnnxRunner(data, {"inputs": spec, "methods": conv.methods}, path=f"{root}/{FILE}", threads=1)
+        # The serving session settings (threads included), so the timings below are the server's.
+        runner = OnnxRunner(data, {"inputs": spec, "methods": conv.methods}, path=f"{root}/{FILE}")
     except MalformedArtifactError as exc:
         problem = getattr(exc, "problem", exc.message)
         raise convert.NotConvertible(f"the converter's output fails the loader's ONNX checks: {problem}") from None
-    diffs = agreement(runner, conv.methods, X, native, RTOL, ATOL, fallback=lambda rows: codec.predict(model, "predict", rows))
+
+    def fallback(rows: Any) -> Any:
+        return codec.predict(model, "predict", rows)
+
+    diffs = agreement(runner, conv.methods, X, native, RTOL, ATOL, fallback=fallback)
+    method = "predict" if "predict" in conv.methods else next(iter(conv.methods))
+    rows, _ = timing.crossover(lambda b: codec.predict(model, method, b),
+                               lambda b: runner.predict(method, b, fallback=fallback), X)
     (root / FILE).write_bytes(data)
     opset = {(o.domain or "ai.onnx"): int(o.version) for o in conv.proto.opset_import}
     return {
@@ -140,6 +149,7 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
         "max_abs_diff": diffs,
         "tolerance": {"rtol": RTOL, "atol": ATOL},
         "agreed": True,
+        "crossover_rows": rows,
     }
 
 
