@@ -15,7 +15,10 @@ from mlflow_safeflavor.codecs.base import PREDICT_METHODS
 from mlflow_safeflavor.errors import MalformedArtifactError
 
 FLAVOR_NAME = "safeflavor"
-FORMAT_VERSION = 1
+# 2: scikit-learn tree estimators are stored as columns in trees.safetensors (``columnar``).
+# Every version in READABLE_VERSIONS still loads; save writes FORMAT_VERSION.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_FILES = 256
 MAX_TRUSTED = 1000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -77,10 +80,10 @@ def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
         )
 
     version = section.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise MalformedArtifactError(
-            f"{where}: safeflavor.format_version is {version!r}; this mlflow-safeflavor reads "
-            f"version {FORMAT_VERSION}. Upgrade mlflow-safeflavor or re-save the model.",
+            f"{where}: safeflavor.format_version is {version!r:.40}; this mlflow-safeflavor reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}. Upgrade mlflow-safeflavor or re-save the model.",
             path=str(root),
         )
     codec = section.get("codec")

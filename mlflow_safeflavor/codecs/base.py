@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from mlflow_safeflavor.errors import MalformedArtifactError
 
@@ -24,8 +24,34 @@ class Saved:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Inspected:
+    """A payload read and checked once, nothing built yet: what it needs trusted, and how to build it.
+
+    ``required`` is the set of type names the payload needs trusted beyond the library's own
+    defaults (empty for the native GBDT formats). ``build(trusted)`` builds the model; it refuses
+    (UntrustedTypesError) if ``trusted`` does not cover ``required``, and may be called once.
+    """
+
+    required: set[str]
+    build: Callable[[list[str]], Any]
+
+
+def inspect_by_load(codec: "Codec", blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Inspected:
+    """``inspect`` for codecs whose payload needs no types trusted: the checks run in ``load``."""
+    return Inspected(
+        required=codec.required_types(blobs, record, path=path),
+        build=lambda trusted: codec.load(blobs, record, trusted=trusted, path=path),
+    )
+
+
 class Codec(Protocol):
-    """One library's storage: detect, save, list required types, load from verified bytes."""
+    """One library's storage: detect, save, inspect (required types + build), load from verified bytes.
+
+    ``inspect`` is the load path: read and check the payload once, return what it needs
+    trusted and a ``build``. ``required_types`` and ``load`` are thin wrappers kept for callers
+    that take the two steps separately.
+    """
 
     name: str
     classes: Mapping[str, tuple[str, str]]
@@ -33,6 +59,8 @@ class Codec(Protocol):
     def accepts(self, model: Any) -> bool: ...
 
     def save(self, model: Any, directory: Path, *, prefix: str = "", options: Mapping[str, Any]) -> Saved: ...
+
+    def inspect(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Inspected: ...
 
     def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]: ...
 

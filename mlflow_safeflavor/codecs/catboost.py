@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlflow_safeflavor.codecs.base import Saved, class_key, resolve_class
+from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
 from mlflow_safeflavor.errors import MalformedArtifactError
 
 MODEL_FILE = "model.cbm"
@@ -40,6 +40,10 @@ class CatBoostCodec:
             library_versions={"catboost": catboost.__version__},
             requirements=(f"catboost=={catboost.__version__}",),
         )
+
+    def inspect(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Inspected:
+        """Native payload: nothing to trust; the structural checks run in ``build`` (``load``)."""
+        return inspect_by_load(self, blobs, record, path=path)
 
     def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]:
         return set()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow_safeflavor.codecs import _state
-from mlflow_safeflavor.codecs.base import Saved, class_key, resolve_class
+from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
 from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError
 
 MODEL_FILE = "model.txt"
@@ -68,6 +68,10 @@ class LightGBMCodec:
             library_versions={"lightgbm": lightgbm.__version__},
             requirements=(f"lightgbm=={lightgbm.__version__}",),
         )
+
+    def inspect(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Inspected:
+        """Native payload: nothing to trust; the structural checks run in ``build`` (``load``)."""
+        return inspect_by_load(self, blobs, record, path=path)
 
     def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]:
         return set()

@@ -1,4 +1,9 @@
-"""scikit-learn: estimators and pipelines with skops, GBDT pipeline steps in their native formats.
+"""scikit-learn: estimators and pipelines with skops, trees as columns, GBDT steps natively.
+
+Tree estimators (forests, boosting, single trees), on their own or anywhere inside the model,
+go to ``trees.safetensors`` as checked columns (:mod:`.columnar`); the skeleton left goes to
+skops, which is read in one pass: one node tree gives the required types and, once they are
+decided, the model (:meth:`SklearnCodec.inspect`).
 
 A Pipeline step that is an XGBoost, LightGBM or CatBoost model is cut out and stored by that
 library's codec under ``components/<i>/``; the pipeline skeleton, with ``"passthrough"`` in its
@@ -14,8 +19,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow_safeflavor import policy
-from mlflow_safeflavor.codecs.base import Saved
-from mlflow_safeflavor.errors import MalformedArtifactError, UnsupportedModelError
+from mlflow_safeflavor.codecs import columnar
+from mlflow_safeflavor.codecs.base import Inspected, Saved
+from mlflow_safeflavor.errors import MalformedArtifactError, UnsupportedModelError, UntrustedTypesError
 from mlflow_safeflavor.validate import skops_zip, sklearn_trees
 
 MODEL_FILE = "model.skops"
@@ -58,12 +64,20 @@ class SklearnCodec:
             requirements += saved.requirements
             versions.update(saved.library_versions)
 
+        cut = columnar.Cut()
+        skeleton = cut.rewrite(skeleton)
         data = sio.dumps(skeleton)
         skops_zip.check(data, path=MODEL_FILE)
         required = set(sio.get_untrusted_types(data=data))
         _check_required_at_save(required, options.get("trusted_types") or ())
         (directory / f"{prefix}{MODEL_FILE}").write_bytes(data)
         files = [f"{prefix}{MODEL_FILE}"] + [f for c in components for f in c["files"]]
+        extra: dict[str, Any] = {"components": components} if components else {}
+        if cut.slots:
+            with open(directory / f"{prefix}{columnar.FILE}", "wb") as fh:
+                cut.dump(fh)
+            files.append(f"{prefix}{columnar.FILE}")
+            extra["columnar"] = f"{prefix}{columnar.FILE}"
         versions.update({"scikit-learn": sklearn.__version__, "skops": skops.__version__})
         return Saved(
             files=tuple(files),
@@ -71,44 +85,63 @@ class SklearnCodec:
             library_versions=versions,
             trusted_types=tuple(sorted(required)),
             requirements=(f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}", *requirements),
-            extra={"components": components} if components else {},
+            extra=extra,
         )
 
-    def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]:
-        import skops.io as sio
+    def inspect(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Inspected:
+        """Check every payload file once and return the types skops needs and a one-shot ``build``.
 
-        data = self._payload(blobs, path)
-        skops_zip.check(data, path=path)
-        try:
-            return set(sio.get_untrusted_types(data=data))
-        except Exception as exc:  # skops raises many types on a malformed schema
-            raise MalformedArtifactError(
-                f"{path}: model.skops is not a valid skops file ({type(exc).__name__}: "
-                f"{str(exc)[:200]}). Re-save the model.",
-                path=path,
-            ) from None
-
-    def load(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, trusted: list[str], path: str) -> Any:
-        import skops.io as sio
-
-        from mlflow_safeflavor.codecs import get_codec
+        Before anything is built: the components list, the whole tree file (container, layout,
+        every array, vectorised) and the skops zip are checked, and skops' node tree is made
+        once — its unsafe set is ``required``. ``build(trusted)`` audits that set against
+        ``trusted`` (as ``skops.io.loads`` would), constructs the skeleton, validates any trees
+        skops built (format 1), puts the columnar trees and native components back.
+        """
+        from mlflow_safeflavor.codecs import columnar_load
 
         components = _checked_components(record.get("components", []), blobs, path=path)
+        checked = _columns(blobs, record, path=path)
+        node = _skops_tree(self._payload(blobs, path), path=path)
         try:
-            model = sio.loads(self._payload(blobs, path), trusted=trusted)
-        except Exception as exc:
-            raise MalformedArtifactError(
-                f"{path}: skops could not rebuild the model ({type(exc).__name__}: {str(exc)[:200]}). "
-                "Re-save the model.",
-                path=path,
-            ) from None
-        sklearn_trees.check_estimator(model, path=path)
-        for comp in components:
-            codec = get_codec(comp["codec"], path=path)
-            sub_blobs = {name: blobs[name] for name in comp["files"]}
-            step_model = codec.load(sub_blobs, comp, trusted=[], path=path)
-            _put_step(model, comp["step"], step_model, path=path)
-        return model
+            required = set(node.get_unsafe_set())
+        except Exception as exc:  # skops raises ValueError and others on odd node children
+            raise _not_skops(exc, path) from None
+        state = {"built": False}
+
+        def build(trusted: list[str]) -> Any:
+            if state["built"]:
+                raise RuntimeError("Inspected.build may be called once")
+            state["built"] = True
+            missing = sorted(required - set(trusted))
+            if missing:
+                raise UntrustedTypesError(
+                    f"{path}: model.skops needs {', '.join(missing)}, which the caller did not trust. "
+                    "Decide trust with the loading policy before building.",
+                    path=path, types=missing,
+                )
+            try:
+                model = node.construct()
+            except Exception as exc:
+                raise MalformedArtifactError(
+                    f"{path}: skops could not rebuild the model ({type(exc).__name__}: {str(exc)[:200]}). "
+                    "Re-save the model.",
+                    path=path,
+                ) from None
+            sklearn_trees.check_estimator(model, path=path)
+            columnar_load.attach(model, checked, path=path)
+            for comp in components:
+                _put_step(model, comp["step"], _load_component(comp, blobs, path=path), path=path)
+            return model
+
+        return Inspected(required=required, build=build)
+
+    def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]:
+        """The types model.skops needs trusted (a wrapper over :meth:`inspect`)."""
+        return self.inspect(blobs, record, path=path).required
+
+    def load(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, trusted: list[str], path: str) -> Any:
+        """Build the model with ``trusted`` types (a wrapper over :meth:`inspect`)."""
+        return self.inspect(blobs, record, path=path).build(list(trusted))
 
     def predict(self, model: Any, method: str, data: Any) -> Any:
         return getattr(model, method)(data)
@@ -118,6 +151,51 @@ class SklearnCodec:
         if MODEL_FILE not in blobs:
             raise MalformedArtifactError(f"{path}: model.skops is not among the recorded files.", path=path)
         return blobs[MODEL_FILE]
+
+
+def _not_skops(exc: Exception, path: str) -> MalformedArtifactError:
+    return MalformedArtifactError(
+        f"{path}: model.skops is not a valid skops file ({type(exc).__name__}: {str(exc)[:200]}). "
+        "Re-save the model.",
+        path=path,
+    )
+
+
+def _skops_tree(data: bytes, *, path: str) -> Any:
+    """skops' inert node tree for ``data`` (nothing imported or built), after our zip checks."""
+    import skops.io  # noqa: F401 - registers skops' node classes
+    from skops.io._audit import get_tree
+    from skops.io._utils import LoadContext
+
+    zf, schema = skops_zip.open_checked(data, path=path)
+    try:
+        return get_tree(schema, LoadContext(src=zf, protocol=schema["protocol"]), trusted=None)
+    except Exception as exc:  # skops raises many types on a malformed schema
+        raise _not_skops(exc, path) from None
+
+
+def _columns(blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Any:
+    """The checked tree file the record names, or an empty layout when it names none."""
+    from mlflow_safeflavor.codecs import columnar_load
+    from mlflow_safeflavor.validate.columnar import Checked
+
+    name = record.get("columnar")
+    if name is None:
+        return Checked({}, [], None, None)
+    if name != columnar.FILE or name not in blobs or record.get("format_version", 2) == 1:
+        raise MalformedArtifactError(
+            f"{path}: safeflavor.columnar must name {columnar.FILE!r}, listed in safeflavor.files, in a "
+            f"format-2 record; found {name!r:.80}. The MLmodel file was altered; re-save the model.",
+            path=path,
+        )
+    return columnar_load.read(blobs[name], path=path)
+
+
+def _load_component(comp: dict, blobs: Mapping[str, bytes], *, path: str) -> Any:
+    from mlflow_safeflavor.codecs import get_codec
+
+    codec = get_codec(comp["codec"], path=path)
+    return codec.inspect({name: blobs[name] for name in comp["files"]}, comp, path=path).build([])
 
 
 def _check_required_at_save(required: set[str], declared_by_user: Any) -> None:

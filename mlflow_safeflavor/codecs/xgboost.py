@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow_safeflavor.codecs import _state
-from mlflow_safeflavor.codecs.base import Saved, class_key, resolve_class
+from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
 from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError
 
 FORMATS = ("ubj", "json")
@@ -53,6 +53,10 @@ class XGBoostCodec:
             requirements=(f"xgboost=={xgboost.__version__}",),
         )
 
+    def inspect(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Inspected:
+        """Native payload: nothing to trust; the structural checks run in ``build`` (``load``)."""
+        return inspect_by_load(self, blobs, record, path=path)
+
     def required_types(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> set[str]:
         return set()
 
@@ -67,7 +71,7 @@ class XGBoostCodec:
         from mlflow_safeflavor.validate import xgboost_model
 
         # Crafted trees crash XGBoost's native parser/predictor: check structure first.
-        xgboost_model.validate(blobs[model_names[0]], model_names[0].rsplit(".", 1)[-1], path=f"{path}/{model_names[0]}")
+        xgboost_model.validate(blobs[model_names[0]], path=f"{path}/{model_names[0]}", fmt=model_names[0].rsplit(".", 1)[-1])
         raw = bytearray(blobs[model_names[0]])
         if key == "Booster":
             import xgboost

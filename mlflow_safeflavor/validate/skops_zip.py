@@ -65,6 +65,14 @@ def _schema_files(schema: Any) -> Iterator[str]:
 
 def check(data: bytes, *, path: str) -> None:
     """Raise MalformedArtifactError unless ``data`` is a skops zip with no container tricks."""
+    open_checked(data, path=path)
+
+
+def open_checked(data: bytes, *, path: str) -> tuple[zipfile.ZipFile, dict[str, Any]]:
+    """Check ``data`` like :func:`check` and return the open zip and its parsed schema.
+
+    The caller hands both to skops' ``get_tree`` so that schema.json is read and parsed once.
+    """
     from skops.io._protocol import PROTOCOL
 
     try:
@@ -100,9 +108,9 @@ def check(data: bytes, *, path: str) -> None:
         raise
     except (ValueError, RecursionError, zipfile.BadZipFile, OSError, EOFError):
         raise _fail(path, f"has a schema.json that is not valid JSON or nests deeper than {MAX_DEPTH}") from None
-    if not isinstance(schema, dict) or not isinstance(schema.get("protocol"), int) or not (
-        0 <= schema["protocol"] <= PROTOCOL
-    ):
+    if not isinstance(schema, dict) or not isinstance(schema.get("protocol"), int) or isinstance(
+        schema["protocol"], bool
+    ) or not (0 <= schema["protocol"] <= PROTOCOL):
         raise _fail(path, f"has a protocol value skops {PROTOCOL} would not write")
     members = set(names) - {"schema.json"}
     if members - referenced:
@@ -116,6 +124,7 @@ def check(data: bytes, *, path: str) -> None:
             raise
         except (ValueError, zipfile.BadZipFile, OSError, EOFError):
             raise _fail(path, f"has a corrupt member {name!r}") from None
+    return zf, schema
 
 
 def _check_member(zf: zipfile.ZipFile, name: str) -> None:
