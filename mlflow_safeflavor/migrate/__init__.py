@@ -6,7 +6,8 @@ proving identical predictions; :func:`convert_registered` does that for registry
 """
 
 from mlflow_safeflavor.migrate.bulk import BulkRow, convert_registered
-from mlflow_safeflavor.migrate.convert import ConversionResult, convert, scan_source
+from mlflow_safeflavor.migrate.convert import ConversionResult, convert
 from mlflow_safeflavor.migrate.pickles import ScanReport, restricted_load, scan_pickle
+from mlflow_safeflavor.migrate.source import scan_source
 
 __all__ = ["BulkRow", "ConversionResult", "ScanReport", "convert", "convert_registered", "restricted_load", "scan_pickle", "scan_source"]

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 from mlflow_safeflavor.errors import ConversionError, PickleRefusedError, SafeFlavorError, UnsupportedModelError, UntrustedTypesError
 from mlflow_safeflavor.migrate.convert import TAG_CONVERTED_FROM, convert
-from mlflow_safeflavor.migrate.source import classify_flavors, read_version_mlmodel
+from mlflow_safeflavor.migrate.source import classify_flavors, read_version_mlmodel, search_versions
 
 
 @dataclass
@@ -37,8 +37,7 @@ def registered_versions(client: Any, names: Iterable[str] | None) -> list[tuple[
                 break
     out = []
     for name in names:
-        escaped = name.replace("'", "\\'")
-        versions = client.search_model_versions(f"name = '{escaped}'")
+        versions = search_versions(client, name)
         out += sorted(((mv.name, str(mv.version)) for mv in versions), key=lambda t: int(t[1]))
     return out
 
@@ -66,7 +65,7 @@ def convert_registered(
     converted_from = {
         (mv.tags or {}).get(TAG_CONVERTED_FROM)
         for name in {n for n, _ in pairs} | ({registered_model_name} if registered_model_name else set())
-        for mv in client.search_model_versions(f"name = '{name.replace(chr(39), chr(92) + chr(39))}'")
+        for mv in search_versions(client, name)
     }
     rows = []
     for name, version in pairs:

@@ -81,6 +81,7 @@ def convert(
     timeout: float | None = None,
     tags: dict[str, str] | None = None,
     onnx: bool | str | None = None,
+    uri_only: bool = False,
 ) -> ConversionResult:
     """Convert a pickled or MLflow-built-in model into the safe flavor without trusting the pickle.
 
@@ -96,7 +97,11 @@ def convert(
     logged and registered as ``registered_model_name`` with the source version's signature, input
     example and tags, plus ``safeflavor.converted_from``. Raises ConversionError when predictions
     differ or the child crashes or times out; nothing is written then. ``onnx`` is passed to
-    ``save_model`` (default "auto": an ONNX export is added when it provably agrees).
+    ``save_model`` (default "auto": an ONNX export is added when it provably agrees). The scan runs
+    in a child process under the scan budget (``MLFLOW_SAFEFLAVOR_SCAN_TIMEOUT``,
+    ``MLFLOW_SAFEFLAVOR_SCAN_MEMORY_MB``, ``MLFLOW_SAFEFLAVOR_SCAN_MAX_MB``); exceeding it is a
+    PickleRefusedError naming the limit. With ``uri_only`` ``source`` is resolved only as an MLflow
+    URI, never as a local path.
     """
     started = time.monotonic()
     if registered_model_name is not None and (not isinstance(registered_model_name, str) or not registered_model_name.strip()):
@@ -105,10 +110,11 @@ def convert(
         raise InvalidArgumentError(f"{dest_path}: already exists; choose a new output directory.", path=os.fspath(dest_path))
     with tempfile.TemporaryDirectory(prefix="safeflavor-convert-") as tmp:
         work = Path(tmp)
-        src = resolve(source, work)
+        src = resolve(source, work, uri_only=uri_only)
         scan = None
         if src.kind == "pickle":
-            scan = scan_pickle(src.file, label=src.label if src.root is None else f"{src.label} ({src.file.name})", trusted_types=trusted_types)
+            scan = scan_pickle(src.file, label=src.label if src.root is None else f"{src.label} ({src.file.name})",
+                               trusted_types=trusted_types, isolated=True)
             scan.raise_if_refused()
         job = _job(src, work, sample_input, trusted_types)
         job["onnx"] = onnx
@@ -377,24 +383,3 @@ def _register(model_dir: Path, src: Source, name: str, result: ConversionResult,
         raise ConversionError(f"{src.label}: converted, but logging or registering failed ({str(exc.message)[:300]}).") from None
     result.model_uri = f"runs:/{run.info.run_id}/model"
     result.registered_name, result.registered_version = name, str(mv.version)
-
-
-
-
-def scan_source(source: str | os.PathLike, *, trusted_types: str | Iterable[str] | None = None) -> ScanReport:
-    """Scan what :func:`convert` would unpickle for ``source`` (a pickle file or an MLflow model URI).
-
-    For an MLflow model written with pickle or cloudpickle this downloads the model and scans its
-    payload; a native or skops payload has nothing to unpickle, which the report says in
-    ``container`` with no findings. Raises InvalidArgumentError/UnsupportedModelError for a source
-    :func:`convert` would not take either.
-    """
-    with tempfile.TemporaryDirectory(prefix="safeflavor-scan-") as tmp:
-        src = resolve(source, Path(tmp))
-        if src.kind != "pickle":
-            return ScanReport(source=src.label, container=f"{src.flavor} flavor, {src.serialization} (nothing to unpickle)")
-        label = src.label if src.root is None else f"{src.label} ({src.file.name})"
-        report = scan_pickle(src.file, label=label, trusted_types=trusted_types)
-        if src.root is not None:
-            report.container = f"{src.flavor} flavor, {src.serialization}: {report.container}"
-        return report

@@ -1,470 +1,95 @@
-"""Static scan and restricted loading of pickle and joblib files, under one allowlist.
+"""Static scan and restricted loading of pickle and joblib files, under one allowlist and a budget.
 
-Both are driven by the pure-Python unpickler from the standard library with our own ``find_class``:
+Both are driven by the pure-Python unpickler from the standard library with our own ``find_class``
+(:mod:`mlflow_safeflavor.migrate.unpickler`):
 
 * :func:`scan_pickle` runs it *symbolically*: every import becomes a placeholder that records the
   name and every call on it another placeholder, so the whole stream is evaluated — ``STACK_GLOBAL``
   operands resolved through the memo exactly as a real load would, ``EXT`` codes, persistent ids,
   joblib's array wrappers and the raw or pickled array data behind them, nested pickles hidden in
-  bytes — without constructing anything but plain values and numpy dtypes.
+  bytes — without constructing anything but plain values from the stream and numpy dtypes. It runs
+  under a budget (:mod:`mlflow_safeflavor.migrate.budget`); with ``isolated=True`` in a child
+  process with hard memory, CPU and wall-clock limits (:mod:`mlflow_safeflavor.migrate.isolated`).
 * :func:`restricted_load` runs it for real, but ``find_class`` refuses every name the allowlist
   does not name, and joblib arrays are read by our reader (joblib's own reader hands object
   arrays to a plain unpickler).
 
-Nothing here calls ``pickle.load``, ``joblib.load`` or ``cloudpickle.load``.
+Whatever the scan does not examine — a nesting level past the limit, a nested pickle it cannot
+parse, a stream past a budget — is a refusal, never silence. Nothing here calls ``pickle.load``,
+``joblib.load`` or ``cloudpickle.load``.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import bz2
-import importlib
 import io
-import lzma
 import os
-import pickle
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
+import threading
 from typing import Any, Iterable
 
-from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError, PickleRefusedError
-from mlflow_safeflavor.integrity import DEFAULT_MAX_FILE_BYTES, ENV_MAX_FILE_BYTES, _cap
-from mlflow_safeflavor.migrate.allow import JOBLIB_ARRAY_WRAPPER, PicklePolicy, Verdict, pickle_policy
+from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError, PickleRefusedError, SafeFlavorError
+from mlflow_safeflavor.migrate.allow import PicklePolicy, pickle_policy
+from mlflow_safeflavor.migrate.budget import Budget, ScanBudgetExceeded, ScanLimits
+from mlflow_safeflavor.migrate.scanreport import Finding, ScanReport
+from mlflow_safeflavor.migrate.streams import decompress, read_pickle_bytes, stream_cap
+from mlflow_safeflavor.migrate.unpickler import MAX_NESTING, _JoblibArray, _Reader, _Sym, _SymObj
+
+__all__ = ["Finding", "ScanReport", "read_pickle_bytes", "restricted_load", "scan_pickle"]
 
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".pcl")
-_MAX_NESTING = 3
-_MAX_WALK = 2_000_000
-
-# joblib's compressors, by the magic bytes their streams start with.
-_COMPRESSION = (
-    (b"\x1f\x8b", "gzip"),
-    (b"BZh", "bz2"),
-    (b"\xfd7zXZ", "xz"),
-    (b"\x5d\x00\x00", "lzma"),
-    (b"\x04\x22\x4d\x18", "lz4"),
-    (b"\x78", "zlib"),
-)
-
-
-@dataclass
-class Finding:
-    """One import (or construct) the pickle would make, with the allowlist's verdict."""
-
-    name: str
-    allowed: bool
-    reason: str
-    where: str = "pickle"
-    count: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form for JSON reports."""
-        return {"name": self.name, "allowed": self.allowed, "reason": self.reason, "where": self.where, "count": self.count}
-
-
-@dataclass
-class ScanReport:
-    """Everything the static scan learned about one pickle file, before anything was unpickled."""
-
-    source: str
-    container: str = "pickle"
-    protocol: int | None = None
-    size: int = 0
-    findings: list[Finding] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    fickling: dict[str, Any] | None = None
-
-    @property
-    def refused(self) -> list[Finding]:
-        """The findings the allowlist refuses."""
-        return [f for f in self.findings if not f.allowed]
-
-    @property
-    def ok(self) -> bool:
-        """True when every import is allowed and nothing else was found wrong."""
-        return not self.refused and not self.problems
-
-    def reasons(self) -> list[str]:
-        """One line per refusal: the refused imports first, then the other problems."""
-        return [f"{f.name} ({f.where}): {f.reason}" for f in self.refused] + list(self.problems)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form for JSON reports and the web page."""
-        return {
-            "source": self.source,
-            "container": self.container,
-            "protocol": self.protocol,
-            "size": self.size,
-            "ok": self.ok,
-            "imports": [f.to_dict() for f in self.findings],
-            "problems": list(self.problems),
-            "fickling": self.fickling,
-        }
-
-    def raise_if_refused(self) -> None:
-        """Raise PickleRefusedError listing every refused import and problem, if there are any."""
-        if self.ok:
-            return
-        names = [f.name for f in self.refused]
-        listed = "\n  - ".join(self.reasons())
-        raise PickleRefusedError(
-            f"{self.source}: refused before unpickling; the pickle would import or do:\n  - {listed}\n"
-            "Nothing was loaded. Re-export the model from its training code with "
-            "mlflow_safeflavor.save_model, or, if you trust a named type, pass it in trusted_types=.",
-            findings=names + [p for p in self.problems],
-            path=self.source,
-        )
-
-    def format(self) -> str:
-        """A human-readable table of the scan."""
-        proto = f", protocol {self.protocol}, {self.size} bytes" if self.protocol is not None else ""
-        lines = [f"{self.source}: {self.container}{proto}"]
-        for f in self.findings:
-            mark = "allowed" if f.allowed else "REFUSED"
-            lines.append(f"  {mark:8} {f.name}  [{f.where}, x{f.count}]  {f.reason}")
-        lines += [f"  PROBLEM  {p}" for p in self.problems]
-        if self.fickling:
-            lines.append(f"  fickling (second opinion): {self.fickling.get('severity')}")
-        if self.ok and not self.findings:
-            lines.append("verdict: nothing to unpickle" if self.protocol is None else "verdict: the pickle imports nothing")
-        else:
-            lines.append("verdict: " + ("every import is allowed" if self.ok else "refused"))
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the bytes
-
-def read_pickle_bytes(path: str | os.PathLike, *, label: str | None = None) -> tuple[bytes, str]:
-    """Read a pickle/joblib file (decompressing joblib's compressors) under the size cap.
-
-    Returns the raw pickle stream and a container label; raises MalformedArtifactError for a file
-    that is too large, a decompression bomb, or a compressor we do not read.
-    """
-    p = Path(path)
-    label = label or str(p)
-    cap = _cap(ENV_MAX_FILE_BYTES, DEFAULT_MAX_FILE_BYTES)
-    try:
-        st = p.lstat()
-    except OSError as exc:
-        raise InvalidArgumentError(f"{label}: cannot read the file ({exc.strerror}).", path=label) from None
-    if not p.is_file() or p.is_symlink():
-        raise InvalidArgumentError(f"{label}: not a regular file.", path=label)
-    if st.st_size > cap:
-        raise MalformedArtifactError(
-            f"{label}: {st.st_size} bytes is over the {cap}-byte cap ({ENV_MAX_FILE_BYTES}).", path=label
-        )
-    data = p.read_bytes()
-    return decompress(data, label=label, cap=cap)
-
-
-def decompress(data: bytes, *, label: str, cap: int | None = None) -> tuple[bytes, str]:
-    """Undo joblib's compression (if any) with a bound on the decompressed size."""
-    cap = cap or _cap(ENV_MAX_FILE_BYTES, DEFAULT_MAX_FILE_BYTES)
-    if data[:1] == b"\x80" or not data:
-        return data, "pickle"
-    if data[:2] == b"ZF":
-        raise MalformedArtifactError(
-            f"{label}: a joblib < 0.10 compressed file; this legacy format is not read. Load and "
-            "re-dump it with a current joblib in an isolated environment you trust.",
-            path=label,
-        )
-    for magic, kind in _COMPRESSION:
-        if data.startswith(magic):
-            break
-    else:
-        return data, "pickle"
-    if kind == "lz4":
-        raise MalformedArtifactError(
-            f"{label}: lz4-compressed joblib files are not read (no lz4 decoder is installed "
-            "with mlflow-safeflavor); re-dump with compress=('zlib', 3).",
-            path=label,
-        )
-    if kind == "zlib":
-        dec: Any = zlib.decompressobj()
-    elif kind == "gzip":
-        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif kind == "bz2":
-        dec = bz2.BZ2Decompressor()
-    else:
-        dec = lzma.LZMADecompressor()
-    try:
-        out = dec.decompress(data, cap + 1) if kind != "bz2" else dec.decompress(data, max_length=cap + 1)
-    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError) as exc:
-        raise MalformedArtifactError(f"{label}: corrupt {kind} stream ({exc}).", path=label) from None
-    if len(out) > cap:
-        raise MalformedArtifactError(
-            f"{label}: decompresses to more than {cap} bytes ({ENV_MAX_FILE_BYTES}); refused as a "
-            "possible decompression bomb.",
-            path=label,
-        )
-    return out, f"joblib ({kind})"
-
-
-# --------------------------------------------------------------------------------------------
-# The unpickler
-
-class _Sym:
-    """A placeholder for an imported name during the symbolic scan; calling it builds a _SymObj."""
-
-    __slots__ = ("name",)
-
-    def __new__(klass, *args: Any, **kwargs: Any) -> Any:
-        # NEWOBJ does ``cls.__new__(cls, *args)``; with a placeholder as cls that lands here.
-        if isinstance(klass, _Sym):
-            return _SymObj(klass.name, args, kwargs)
-        return object.__new__(klass)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "_SymObj":
-        return _SymObj(self.name, args, kwargs)
-
-
-class _SymObj:
-    """The result of calling a placeholder: records arguments, state and items, nothing else."""
-
-    def __init__(self, name: str, args: tuple, kwargs: dict) -> None:
-        self.name = name
-        self.args = args
-        self.kwargs = kwargs
-        self.state: Any = None
-        self.items: list[Any] = []
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "_SymObj":
-        return _SymObj(f"{self.name}(...)", args, kwargs)
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.items.append((key, value))
-
-    def append(self, value: Any) -> None:
-        self.items.append(value)
-
-    def extend(self, values: Iterable[Any]) -> None:
-        self.items.extend(values)
-
-    def add(self, value: Any) -> None:
-        self.items.append(value)
-
-
-class _JoblibArray:
-    """Stands in for joblib's NumpyArrayWrapper; its state tells our reader what bytes follow."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _latin1_encode(text: Any, encoding: str = "latin1", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it, and only that way."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
-        raise pickle.UnpicklingError("_codecs.encode is only accepted as encode(text, 'latin1')")
-    return text.encode("latin1")
-
-
-_INERT_REAL = {"_codecs.encode": _latin1_encode}
-_PLAIN_BUILTINS = {
-    "builtins.bytes": bytes, "builtins.bytearray": bytearray, "builtins.set": set,
-    "builtins.frozenset": frozenset, "builtins.list": list, "builtins.tuple": tuple,
-    "builtins.dict": dict, "builtins.int": int, "builtins.float": float, "builtins.str": str,
-    "builtins.bool": bool, "builtins.complex": complex, "builtins.slice": slice, "builtins.range": range,
-}
-
-
-class _Reader(pickle._Unpickler):  # type: ignore[name-defined]
-    """The standard library's pure-Python unpickler with our find_class, EXT, persid and BUILD."""
-
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
-
-    def __init__(self, fh: io.BytesIO, judge: PicklePolicy, *, symbolic: bool, where: str, report: ScanReport | None, depth: int = 0) -> None:
-        super().__init__(fh, fix_imports=True, encoding="ASCII", errors="strict")
-        self.fh = fh
-        self.judge = judge
-        self.symbolic = symbolic
-        self.where = where
-        self.report = report
-        self.depth = depth
-        self.seen_joblib = False
-
-    # -- imports ------------------------------------------------------------------------------
-    def _name(self, module: str, name: str) -> str:
-        if self.proto < 3 and self.fix_imports:
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
-        return f"{module}.{name}"
-
-    def _record(self, verdict: Verdict) -> None:
-        if self.report is None:
-            return
-        for f in self.report.findings:
-            if f.name == verdict.name and f.where == self.where:
-                f.count += 1
-                return
-        self.report.findings.append(Finding(verdict.name, verdict.allowed, verdict.reason, self.where))
-
-    def find_class(self, module: str, name: str) -> Any:
-        if not isinstance(module, str) or not isinstance(name, str):
-            raise pickle.UnpicklingError("import names must be strings")
-        full = self._name(module, name)
-        verdict = self.judge.judge(full)
-        self._record(verdict)
-        if not verdict.allowed:
-            if self.symbolic:
-                return _Sym(full)
-            raise PickleRefusedError(
-                f"{self.where}: refused the import {full!r} while unpickling ({verdict.reason}).",
-                findings=[full],
-            )
-        if full == JOBLIB_ARRAY_WRAPPER:
-            self.seen_joblib = True
-            return _JoblibArray
-        if full in _INERT_REAL:
-            return _INERT_REAL[full]
-        if full in _PLAIN_BUILTINS:
-            return _PLAIN_BUILTINS[full]
-        if self.symbolic:
-            if full == "numpy.dtype":
-                import numpy
-
-                return numpy.dtype  # needed to size joblib's raw array data; parses a dtype only
-            return _Sym(full)
-        # ``full`` comes from the stream, but only a name the allowlist just accepted gets here: one of
-        # our fixed tables, skops' trusted list, or a type the operator added (never the artifact).
-        module_name, _, attr = full.rpartition(".")
-        obj: Any = importlib.import_module(module_name)
-        return getattr(obj, attr)
-
-    def persistent_load(self, pid: Any) -> Any:
-        return self._refuse_construct("persistent id", "persistent ids reach outside the stream (pickle.Unpickler.persistent_load)")
-
-    def _refuse_construct(self, name: str, reason: str) -> Any:
-        self._record(Verdict(name, False, reason))
-        if self.symbolic:
-            return _SymObj(name, (), {})
-        raise PickleRefusedError(f"{self.where}: refused {name} ({reason}).", findings=[name])
-
-    def _ext(self, nbytes: int) -> None:
-        code = int.from_bytes(self.read(nbytes), "little")
-        self.append(self._refuse_construct(f"EXT code {code}", "copyreg extension codes import whatever a process registered; never used by model pickles"))
-
-    dispatch[pickle.EXT1[0]] = lambda self: self._ext(1)
-    dispatch[pickle.EXT2[0]] = lambda self: self._ext(2)
-    dispatch[pickle.EXT4[0]] = lambda self: self._ext(4)
-
-    # -- joblib arrays ------------------------------------------------------------------------
-    def _load_build(self) -> None:
-        if not self.symbolic and len(self.stack) >= 2:
-            _check_native_state(self.stack[-2], self.stack[-1], self.where)
-        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
-        top = self.stack[-1]
-        if isinstance(top, _JoblibArray):
-            self.stack[-1] = self._read_joblib_array(top)
-
-    dispatch[pickle.BUILD[0]] = _load_build
-
-    def _read_joblib_array(self, wrapper: _JoblibArray) -> Any:
-        import numpy as np
-
-        state = getattr(wrapper, "state", None)
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError("joblib array wrapper without a state dict")
-        dtype, shape, order = state.get("dtype"), state.get("shape"), state.get("order", "C")
-        align = state.get("numpy_array_alignment_bytes")
-        subclass = state.get("subclass")
-        sub_name = subclass.name if isinstance(subclass, _Sym) else getattr(subclass, "__name__", None)
-        if sub_name not in ("numpy.ndarray", "ndarray"):
-            self._record(Verdict(f"joblib array subclass {sub_name!r}", False, "only plain numpy.ndarray arrays are read"))
-            if not self.symbolic:
-                raise PickleRefusedError(f"{self.where}: joblib array of a subclass is refused.", findings=[str(sub_name)])
-        if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple) or order not in ("C", "F"):
-            raise pickle.UnpicklingError("joblib array wrapper with a malformed dtype, shape or order")
-        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
-            raise pickle.UnpicklingError("joblib array wrapper with a malformed shape")
-        if align is not None and not (isinstance(align, int) and 0 < align <= 4096):
-            raise pickle.UnpicklingError("joblib array wrapper with a malformed alignment")
-        frame = getattr(self._unframer, "current_frame", None)
-        if frame is not None and frame.tell() != len(frame.getbuffer()):
-            raise pickle.UnpicklingError("joblib array data inside a pickle frame")
-        self._unframer.current_frame = None
-        count = 1
-        for d in shape:
-            count *= d
-        if dtype.hasobject:
-            # The data is a nested pickle: read it with the same rules (joblib would use a plain one).
-            nested = _Reader(self.fh, self.judge, symbolic=self.symbolic, where=f"{self.where} > joblib object array", report=self.report, depth=self.depth + 1)
-            arr = nested.load()
-            if self.symbolic:
-                return arr
-            if not isinstance(arr, np.ndarray) or arr.size != count:
-                raise pickle.UnpicklingError("joblib object array does not match its wrapper")
-            return arr.reshape(shape, order=order)
-        if align is not None:
-            pad = self.fh.read(1)
-            if len(pad) != 1:
-                raise pickle.UnpicklingError("joblib array data truncated")
-            if len(self.fh.read(pad[0])) != pad[0]:
-                raise pickle.UnpicklingError("joblib array data truncated")
-        nbytes = count * dtype.itemsize
-        remaining = len(self.fh.getbuffer()) - self.fh.tell()
-        if nbytes > remaining:
-            raise pickle.UnpicklingError(f"joblib array declares {nbytes} bytes but only {remaining} remain")
-        raw = self.fh.read(nbytes)
-        if self.symbolic:
-            return raw  # scanned for nested pickles like any other bytes
-        arr = np.frombuffer(raw, dtype=dtype, count=count).copy()
-        return arr.reshape(shape[::-1]).transpose() if order == "F" else arr.reshape(shape)
-
-
-def _check_native_state(inst: Any, state: Any, where: str) -> None:
-    """Validate the model text a pickled LightGBM Booster is about to hand to native code.
-
-    ``Booster.__setstate__`` parses it with LightGBM's C++ loader, which aborts or reads out of
-    bounds on crafted text; the same structural validator the loader uses turns that into a clear
-    refusal. (XGBoost's pickled state is its internal serialization, not the model format our
-    validator reads: that one relies on the conversion running in an isolated process.)
-    """
-    cls = type(inst)
-    if cls.__name__ != "Booster" or cls.__module__ != "lightgbm.basic" or not isinstance(state, dict):
-        return
-    text = state.get("_handle", state.get("handle"))
-    if isinstance(text, str):
-        from mlflow_safeflavor.validate import lightgbm_model
-
-        lightgbm_model.validate(text, path=f"{where} (LightGBM Booster model text)")
-
-
-# --------------------------------------------------------------------------------------------
-# Public entry points
 
 def _looks_pickled(value: bytes) -> bool:
     return len(value) >= 4 and value[-1:] == b"." and (value[:1] == b"\x80" and 2 <= value[1] <= 5 or value[:1] in (b"c", b"(", b"]", b"}"))
 
 
-def _walk_for_nested(root: Any, reader_factory: Any, report: ScanReport, where: str, depth: int) -> None:
+def _well_formed(name: str) -> bool:
+    return all(part.isidentifier() for part in name.split("."))
+
+
+def _merge_nested(report: ScanReport, sub: ScanReport, blob: bytes, where: str, failed: Exception | None) -> None:
+    """Fold a nested scan into ``report``; a nested pickle that could not be fully scanned refuses.
+
+    A binary-protocol blob (``\\x80`` 2–5 … ``.``) that fails to parse is a refusal: what follows
+    the failure was not examined. Text that merely starts like protocol 0 (``c``, ``(``) and fails
+    is data — a feature name such as ``"cost."`` — but any import it names that a real unpickler
+    could resolve (a well-formed dotted name) still counts.
+    """
+    binary = blob[:1] == b"\x80"
+    for f in sub.findings:
+        if failed is None or binary or _well_formed(f.name):
+            report.note(f.name, f.allowed, f.reason, f.where, f.count)
+    if failed is None or binary:
+        for p in sub.problems:
+            report.problem(p)
+    if failed is not None and binary:
+        report.problem(f"{where} > nested pickle: could not be fully scanned ({type(failed).__name__}: "
+                       f"{str(failed)[:200]}); what the scan did not examine is refused")
+
+
+def _walk_for_nested(root: Any, judge: PicklePolicy, report: ScanReport, where: str, depth: int, budget: Budget) -> None:
     """Look through the symbolic result for bytes that are themselves pickles, and scan those."""
-    stack, seen, budget = [root], set(), _MAX_WALK
-    while stack and budget > 0:
-        budget -= 1
+    stack, seen = [root], set()
+    while stack:
+        budget.tick()
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, (bytes, bytearray)) or isinstance(obj, str) and obj[:1] in ("c", "\x80"):
+        if isinstance(obj, (bytes, bytearray)) or isinstance(obj, str) and obj[:1] in ("c", "(", "]", "}", "\x80") and obj[-1:] == ".":
             blob = obj.encode("latin1", "replace") if isinstance(obj, str) else bytes(obj)
-            if _looks_pickled(blob) and depth < _MAX_NESTING:
-                sub = ScanReport(source=report.source)
-                try:
-                    _scan_stream(blob, report=sub, where=f"{where} > nested pickle", judge=reader_factory, depth=depth + 1)
-                except Exception:
-                    continue  # bytes that merely look like a pickle: data, not a finding
-                if sub.findings:
-                    report.findings.extend(sub.findings)
-                    report.problems.extend(sub.problems)
+            if not _looks_pickled(blob):
+                continue
+            if depth + 1 > MAX_NESTING:
+                report.problem(f"{where}: holds a pickle nested more than {MAX_NESTING} levels deep inside bytes; "
+                               "the scan does not look that deep, and what it did not examine is refused")
+                continue
+            sub = ScanReport(source=report.source)
+            failed: Exception | None = None
+            try:
+                _scan_stream(blob, report=sub, where=f"{where} > nested pickle", judge=judge, depth=depth + 1, budget=budget)
+            except ScanBudgetExceeded:
+                raise
+            except (Exception, RecursionError) as exc:
+                failed = exc
+            _merge_nested(report, sub, blob, where, failed)
         elif isinstance(obj, dict):
             stack.extend(obj.keys())
             stack.extend(obj.values())
@@ -472,13 +97,15 @@ def _walk_for_nested(root: Any, reader_factory: Any, report: ScanReport, where: 
             stack.extend(obj)
         elif isinstance(obj, _SymObj):
             stack.extend((obj.args, obj.kwargs, obj.state, obj.items))
+        elif isinstance(obj, _Sym):
+            stack.append(obj.state)
         elif isinstance(obj, _JoblibArray):
             stack.append(getattr(obj, "state", None))
 
 
-def _scan_stream(data: bytes, *, report: ScanReport, where: str, judge: PicklePolicy, depth: int) -> Any:
+def _scan_stream(data: bytes, *, report: ScanReport, where: str, judge: PicklePolicy, depth: int, budget: Budget) -> Any:
     fh = io.BytesIO(data)
-    reader = _Reader(fh, judge, symbolic=True, where=where, report=report, depth=depth)
+    reader = _Reader(fh, judge, symbolic=True, where=where, report=report, depth=depth, budget=budget)
     result = reader.load()
     if depth == 0:
         report.protocol = reader.proto
@@ -486,8 +113,8 @@ def _scan_stream(data: bytes, *, report: ScanReport, where: str, judge: PicklePo
             report.container = "joblib"
         trailing = len(data) - fh.tell()
         if trailing:
-            report.problems.append(f"{trailing} bytes after the end of the pickle stream (not a single pickle)")
-    _walk_for_nested(result, judge, report, where, depth)
+            report.problem(f"{trailing} bytes after the end of the pickle stream (not a single pickle)")
+    _walk_for_nested(result, judge, report, where, depth, budget)
     return result
 
 
@@ -498,56 +125,79 @@ def scan_pickle(
     label: str | None = None,
     trusted_types: str | Iterable[str] | None = None,
     second_opinion: bool = True,
+    isolated: bool = False,
+    max_bytes: int | None = None,
+    max_bytes_setting: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> ScanReport:
     """Statically scan a pickle or joblib file and judge every import against the allowlist.
 
     Pass a ``path`` or the file's ``data``. Nothing is unpickled: imports become placeholders, so
     the report lists every ``GLOBAL``/``STACK_GLOBAL``/``INST``/``OBJ``/``REDUCE``/``BUILD``
     target, ``EXT`` code, persistent id, joblib array wrapper and nested pickle. With
-    ``second_opinion`` the fickling scanner's severity is attached for reference; the decision is
-    ours. Never raises for a hostile file: problems are in the report (see ``raise_if_refused``).
+    ``second_opinion`` the fickling scanner's severity is attached for reference (it runs in its
+    own resource-limited process); the decision is ours. The scan runs under the budget of
+    :mod:`~mlflow_safeflavor.migrate.budget` (``max_bytes`` lowers the stream cap, named in
+    messages as ``max_bytes_setting``); with ``isolated`` the whole scan runs in a child process
+    with hard memory, CPU and wall-clock limits, and ``cancel`` (an Event) stops it early. A budget
+    exceeded, a nesting level not examined or a malformed stream is a problem in the report, never
+    ``ok`` (see ``raise_if_refused``). Raises only SafeFlavorError (InvalidArgumentError for a
+    missing or linked file, or bad arguments).
     """
     if (path is None) == (data is None):
         raise InvalidArgumentError("scan_pickle needs exactly one of path= or data=.")
     label = label or (str(path) if path is not None else "<bytes>")
+    limits = ScanLimits.from_env()
+    if isolated:
+        from mlflow_safeflavor.migrate.isolated import scan_isolated
+
+        return scan_isolated(path, data=data, label=label, trusted_types=trusted_types, second_opinion=second_opinion,
+                             cap=stream_cap(max_bytes, max_bytes_setting, limits), limits=limits, cancel=cancel)
+    return _scan_in_process(path, data, label, trusted_types, second_opinion, stream_cap(max_bytes, max_bytes_setting, limits),
+                            Budget(limits, cancel=cancel, label=label), fickling_inline=False)
+
+
+def _scan_in_process(path: Any, data: bytes | None, label: str, trusted_types: Any, second_opinion: bool,
+                     cap: tuple[int, str], budget: Budget, *, fickling_inline: bool) -> ScanReport:
     report = ScanReport(source=label)
+    judge = pickle_policy(trusted_types)
     try:
         if path is not None:
-            raw, container = read_pickle_bytes(path, label=label)
+            raw, container = read_pickle_bytes(path, label=label, cap=cap)
         else:
-            raw, container = decompress(bytes(data), label=label)  # type: ignore[arg-type]
+            raw, container = decompress(bytes(data), label=label, cap=cap)  # type: ignore[arg-type]
     except MalformedArtifactError as exc:
-        report.problems.append(exc.message)
+        report.problem(exc.message)
         return report
-    _scan_raw(raw, container, report, pickle_policy(trusted_types))
-    if second_opinion and report.protocol is not None:
-        report.fickling = _fickling_opinion(raw)
+    except MemoryError:
+        report.problem(f"{label}: reading the stream ran out of memory; refused (raise the scan limits if it is legitimate)")
+        return report
+    _scan_raw(raw, container, report, judge, budget)
+    if second_opinion and report.protocol is not None and not report.budget_exceeded:
+        from mlflow_safeflavor.migrate.isolated import fickling_opinion
+
+        report.fickling = fickling_opinion(raw, budget, report, inline=fickling_inline)
     return report
 
 
-def _scan_raw(raw: bytes, container: str, report: ScanReport, judge: PicklePolicy) -> None:
+def _scan_raw(raw: bytes, container: str, report: ScanReport, judge: PicklePolicy, budget: Budget) -> None:
     """Scan an already read and decompressed stream into ``report`` (never raises for its bytes)."""
     report.container, report.size = container, len(raw)
     try:
-        _scan_stream(raw, report=report, where="pickle", judge=judge, depth=0)
+        _scan_stream(raw, report=report, where="pickle", judge=judge, depth=0, budget=budget)
+    except ScanBudgetExceeded as exc:
+        report.problem(exc.message)
+        report.budget_exceeded = True
     except RecursionError:
-        report.problems.append("the pickle nests too deeply to scan")
+        report.problem("the pickle nests too deeply to scan")
+    except MemoryError:
+        report.problem(f"the scan ran out of memory; refused (the scan budget is {budget.limits.memory_mb} MB: "
+                       "MLFLOW_SAFEFLAVOR_SCAN_MEMORY_MB)")
+        report.budget_exceeded = True
+    except SafeFlavorError as exc:
+        report.problem(exc.message)
     except Exception as exc:  # hostile bytes: any parse error is a refusal, never a crash
-        report.problems.append(f"not a well-formed pickle stream ({type(exc).__name__}: {str(exc)[:200]})")
-
-
-def _fickling_opinion(raw: bytes) -> dict[str, Any] | None:
-    """fickling's severity for the same stream (reference only; None if fickling is absent)."""
-    try:
-        from fickling.analysis import check_safety
-        from fickling.fickle import Pickled
-    except ImportError:
-        return None
-    try:
-        result = check_safety(Pickled.load(raw))
-        return {"severity": str(getattr(result.severity, "name", result.severity)), "summary": str(result)[:2000]}
-    except Exception as exc:
-        return {"severity": "UNANALYZABLE", "summary": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        report.problem(f"not a well-formed pickle stream ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 def restricted_load(path: str | os.PathLike, *, trusted_types: str | Iterable[str] | None = None, label: str | None = None) -> Any:
@@ -560,15 +210,16 @@ def restricted_load(path: str | os.PathLike, *, trusted_types: str | Iterable[st
     label = label or str(path)
     report = ScanReport(source=label)
     judge = pickle_policy(trusted_types)
+    limits = ScanLimits.from_env()
     try:
-        raw, container = read_pickle_bytes(path, label=label)  # read once: the bytes scanned are the bytes loaded
+        raw, container = read_pickle_bytes(path, label=label, cap=stream_cap(limits=limits))  # read once: the bytes scanned are the bytes loaded
     except MalformedArtifactError as exc:
-        report.problems.append(exc.message)
+        report.problem(exc.message)
     else:
-        _scan_raw(raw, container, report, judge)
+        _scan_raw(raw, container, report, judge, Budget(limits, label=label))
     report.raise_if_refused()
     fh = io.BytesIO(raw)
-    reader = _Reader(fh, judge, symbolic=False, where=label, report=None)
+    reader = _Reader(fh, judge, symbolic=False, where=label, report=None, budget=Budget(limits, label=label))
     try:
         return reader.load()
     except (PickleRefusedError, MalformedArtifactError):

@@ -8,12 +8,14 @@ flavor. Only names from MLmodel's flavor sections are read here — never the pa
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from mlflow_safeflavor.errors import InvalidArgumentError, UnsupportedModelError
-from mlflow_safeflavor.migrate.pickles import PICKLE_SUFFIXES
+from mlflow_safeflavor.filekinds import PICKLE_SUFFIXES
+from mlflow_safeflavor.migrate.pickles import ScanReport, scan_pickle
 
 # MLflow flavor ``model_class`` values → our codecs' class keys. Anything else is refused.
 _NATIVE_CLASS_KEYS = {
@@ -48,18 +50,26 @@ def is_pickle_file(path: str | os.PathLike) -> bool:
     return p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()
 
 
-def resolve(source: str | os.PathLike, workdir: Path) -> Source:
+def resolve(source: str | os.PathLike, workdir: Path, *, uri_only: bool = False) -> Source:
     """Classify ``source`` and bring its files to a local directory under ``workdir``.
 
+    With ``uri_only`` the text is only ever resolved as an MLflow URI, never as a local path — even
+    when the working directory holds a file or directory of that name (``models:``). A pickle file
+    given by path must be a regular file, not a symlink (the link is not followed).
     Raises InvalidArgumentError for a source that cannot be found and UnsupportedModelError for an
     MLflow model no conversion path covers (the message says which flavors are covered).
     """
     text = os.fspath(source)
-    if is_pickle_file(text):
-        serialization = "joblib" if text.lower().endswith(".joblib") else "pickle"
-        return Source(label=text, kind="pickle", file=Path(text).resolve(), serialization=serialization)
     registered = None
-    if os.path.isdir(text):
+    if uri_only:
+        root, registered = _download(text, workdir / "source")
+    elif os.path.islink(text) and text.lower().endswith(PICKLE_SUFFIXES):
+        raise InvalidArgumentError(f"{text}: is a symbolic link; pass the pickle file itself (links are not followed).", path=text)
+    elif is_pickle_file(text):
+        serialization = "joblib" if text.lower().endswith(".joblib") else "pickle"
+        # abspath, not resolve(): the path that was checked is the path that is read.
+        return Source(label=text, kind="pickle", file=Path(os.path.abspath(text)), serialization=serialization)
+    elif os.path.isdir(text):
         root = Path(text).resolve()
     elif os.path.exists(text):
         raise InvalidArgumentError(
@@ -208,3 +218,58 @@ def read_version_mlmodel(client: Any, name: str, version: str) -> dict[str, Any]
         with open(local, encoding="utf-8") as fh:
             doc = yaml.safe_load(fh.read(1024 * 1024))
     return doc if isinstance(doc, dict) else {}
+
+
+def search_versions(client: Any, name: str) -> list[Any]:
+    """Every version of registered model ``name``, however its name is spelled.
+
+    MLflow's filter parser has no escape for quotes: a name with ``'`` is matched by a
+    double-quoted literal, one with ``"`` by a single-quoted one, and a name with both by a
+    ``LIKE`` on the part before the first quote. Whatever the filter matched is then narrowed to
+    exactly ``name`` here, and all pages are read, so a crafted name can neither hide its versions
+    nor pull in another model's.
+    """
+    if "'" not in name:
+        filter_string = f"name = '{name}'"
+    elif '"' not in name:
+        filter_string = f'name = "{name}"'
+    else:
+        prefix = name[: min(i for i in (name.find("'"), name.find('"')) if i >= 0)]
+        filter_string = f"name LIKE '{prefix}%'"
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(filter_string, max_results=1000, page_token=token)
+        out += [mv for mv in page if mv.name == name]
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
+def scan_source(
+    source: str | os.PathLike,
+    *,
+    trusted_types: str | Iterable[str] | None = None,
+    uri_only: bool = False,
+    max_bytes: int | None = None,
+    max_bytes_setting: str | None = None,
+    cancel: Any = None,
+) -> ScanReport:
+    """Scan what :func:`convert` would unpickle for ``source`` (a pickle file or an MLflow model URI).
+
+    For an MLflow model written with pickle or cloudpickle this downloads the model and scans its
+    payload; a native or skops payload has nothing to unpickle, which the report says in
+    ``container`` with no findings. The scan runs isolated under the scan budget (see
+    :func:`~mlflow_safeflavor.migrate.scan_pickle`; ``max_bytes``, ``cancel`` are passed on; with
+    ``uri_only`` local paths are never tried). Raises InvalidArgumentError/UnsupportedModelError
+    for a source :func:`convert` would not take either.
+    """
+    with tempfile.TemporaryDirectory(prefix="safeflavor-scan-") as tmp:
+        src = resolve(source, Path(tmp), uri_only=uri_only)
+        if src.kind != "pickle":
+            return ScanReport(source=src.label, container=f"{src.flavor} flavor, {src.serialization} (nothing to unpickle)")
+        label = src.label if src.root is None else f"{src.label} ({src.file.name})"
+        report = scan_pickle(src.file, label=label, trusted_types=trusted_types, isolated=True, max_bytes=max_bytes,
+                             max_bytes_setting=max_bytes_setting, cancel=cancel)
+        if src.root is not None:
+            report.container = f"{src.flavor} flavor, {src.serialization}: {report.container}"
+        return report

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -101,6 +103,7 @@ def run_limited(
     file_bytes: int = MAX_CHILD_FILE_BYTES,
     timeout_env: str = ENV_SMOKE_TIMEOUT,
     what: str = "smoke test",
+    cancel: threading.Event | None = None,
 ) -> SmokeResult:
     """Run ``python <bootstrap> *child_args`` with memory, CPU and time limits and classify the outcome.
 
@@ -110,7 +113,8 @@ def run_limited(
     the timeout, or a non-zero exit. Output goes to temporary files capped by ``RLIMIT_FSIZE``, so
     a child that prints without end exhausts neither the gate's memory nor the disk; the child's
     whole process group is killed when it ends. ``file_bytes`` caps every file the child writes;
-    ``timeout_env`` and ``what`` only shape the messages.
+    ``timeout_env`` and ``what`` only shape the messages. When ``cancel`` is set the child is
+    killed at once (a caller whose client went away).
     """
     timeout = timeout if timeout is not None else env_number(ENV_SMOKE_TIMEOUT, DEFAULT_TIMEOUT)
     memory_mb = int(memory_mb if memory_mb is not None else env_number(ENV_SMOKE_MEMORY_MB, DEFAULT_MEMORY_MB))
@@ -138,14 +142,24 @@ def run_limited(
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                 start_new_session=True, cwd=tempfile.gettempdir())
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        timed_out = cancelled = False
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                proc.wait(timeout=max(0.01, min(0.2, deadline - time.monotonic())) if cancel is not None else timeout)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+                if cancel is None or time.monotonic() >= deadline:
+                    timed_out = True
+                    break
         # Also reaps anything the child left running in its process group.
         _kill_group(proc)
         stdout, stderr = _tail(out), _tail(err)
+    if cancelled:
+        return SmokeResult(False, f"the {what} was cancelled and its process killed", None)
     if timed_out:
         return SmokeResult(False, f"the {what} did not finish within {timeout:g}s and was killed "
                                   f"(raise {timeout_env} if the model is legitimately that slow)", None)
