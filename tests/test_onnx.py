@@ -54,7 +54,13 @@ def extra_cases(cases):
 
     X = cases["sk_rf_reg"].X
     cb_clf = cb.CatBoostClassifier(iterations=8, depth=3, verbose=0, allow_writing_files=False, thread_count=1)
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    y2 = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
     return {
+        "pipe_scaled_rf": (make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=20, random_state=0)).fit(X, y2), X),
+        "pipe_minmax_xgb": (make_pipeline(MinMaxScaler(), xgb.XGBClassifier(n_estimators=8, max_depth=3)).fit(X, y2), X),
         "cb_clf": (cb_clf.fit(X, np.array(["low", "mid", "high"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 1)]), X),
         "pipe_pass_rf": passthrough_pipeline(RandomForestClassifier(n_estimators=10, random_state=0)).fit(df, y),
         "pipe_pass_xgb": passthrough_pipeline(xgb.XGBClassifier(n_estimators=8, max_depth=3)).fit(df, (y == "mid").astype(int)),
@@ -69,6 +75,9 @@ EXPORTED = {
     "lgb_clf": "onnxmltools", "lgb_reg": "onnxmltools",
     "cb_reg": "catboost", "cb_base": "catboost", "cb_clf": "catboost",
     "pipe_pass_rf": "skl2onnx", "pipe_pass_xgb": "onnxmltools", "pipe_pass_lgbm": "onnxmltools",
+    # Scalers in front of trees: transforms in float64, a float32 cast where scikit-learn casts.
+    "pipe_scaled_rf": "skl2onnx", "pipe_minmax_xgb": "onnxmltools",
+    "sk_pipeline_ct_rf": "skl2onnx", "pipe_ct_xgb": "onnxmltools",
 }
 
 
@@ -118,6 +127,7 @@ def test_export_agrees_is_recorded_and_serves(name, cases, extra_cases, exported
     assert rec["sample_size"] >= 256 and rec["tolerance"] == {"rtol": RTOL, "atol": ATOL}
     assert set(rec["methods"]) == set(_methods(model))
     assert all(0 <= d <= ATOL + RTOL for d in rec["max_abs_diff"].values())
+    assert rec["crossover_rows"] is None or rec["crossover_rows"] >= 1  # measured at save
 
     pf = sf.load_pyfunc(str(exported[name]))
     assert pf._model_impl.onnx is not None
@@ -129,8 +139,9 @@ def test_export_agrees_is_recorded_and_serves(name, cases, extra_cases, exported
         native = pf.predict(X, params={"predict_method": method, "backend": "native"})
         np.testing.assert_array_equal(np.asarray(native), np.asarray(want))
         if np.asarray(want).dtype.kind == "f":
-            # The default answer came from onnxruntime: float32 values, widened.
-            got = np.asarray(got, dtype=np.float64)
+            # backend="onnx" answers from onnxruntime: float32 values, widened.
+            got = np.asarray(pf.predict(X, params={"predict_method": method, "backend": "onnx"}), dtype=np.float64)
+            _assert_agrees(want, got, method)
             assert np.array_equal(got.astype(np.float32).astype(np.float64), got)
 
 
@@ -155,6 +166,63 @@ def test_coverage_sample_hits_every_threshold_and_both_sides(cases):
         assert set(np.nextafter(f32, np.float32(np.inf)).astype(np.float64)[:50]) <= set(col)
 
 
+@pytest.mark.parametrize("name", ["pipe_scaled_rf", "pipe_minmax_xgb"])
+def test_scaled_pipelines_scale_in_double_and_give_identical_labels(name, extra_cases, exported):
+    """The issue's case: make_pipeline(StandardScaler(), forest). The export takes float64 input,
+    scales in float64 and casts to float32 in front of the trees, as scikit-learn does: labels are
+    identical on 20,000 fresh rows, not just on the agreement sample."""
+    model, _ = extra_cases[name]
+    pf = sf.load_pyfunc(str(exported[name]))
+    assert pf._model_impl.onnx.session.get_inputs()[0].type == "tensor(double)"
+    fresh = np.random.default_rng(7).normal(size=(20_000, 6))
+    onnx = {"backend": "onnx"}
+    np.testing.assert_array_equal(pf._model_impl.predict(fresh, params=onnx), model.predict(fresh))
+    np.testing.assert_allclose(pf._model_impl.predict(fresh, params={**onnx, "predict_method": "predict_proba"}),
+                               model.predict_proba(fresh), rtol=RTOL, atol=ATOL)
+
+
+def test_crossover_decision():
+    """From medians {rows: [native_s, onnx_s]}: where the export's lead runs out (linear between sizes)."""
+    from mlflow_safeflavor.export.timing import decide
+
+    assert decide({1: [1.0, 0.1], 16: [2.0, 0.5], 128: [3.0, 4.0]}) == 83  # lead -1.5 at 16, +1 at 128
+    assert decide({1: [2.0, 1.0], 1024: [9.0, 8.0]}) is None  # the export never lost
+    assert decide({1: [1.0, 2.0], 16: [1.0, 3.0]}) == 1  # native already faster at one row
+    assert decide({1: [1.0, 0.5], 16: [1.0, 1.0 + 1e-9]}) == 16  # lost just at 16: never past it
+
+
+def _float32_made(values, native):
+    values = np.asarray(values, dtype=np.float64)
+    return np.array_equal(values.astype(np.float32).astype(np.float64), values) and not np.array_equal(values, native)
+
+
+@pytest.mark.parametrize("crossover, small_onnx, big_onnx", [
+    (10, True, False), (None, True, True), ("absent", True, False), (1, False, False),
+])
+def test_auto_routes_each_call_by_row_count(crossover, small_onnx, big_onnx, exported, cases, tmp_path):
+    """auto uses the export below the recorded crossover and the native model from it on; a
+    record without the field (older saves) uses 1000 rows; explicit backends ignore it."""
+    import shutil
+
+    path = tmp_path / "m"
+    shutil.copytree(exported["sk_ridge"], path)
+    if crossover == "absent":
+        edit_mlmodel(path, lambda s: s["onnx"].pop("crossover_rows"))
+    else:
+        edit_mlmodel(path, lambda s: s["onnx"].__setitem__("crossover_rows", crossover))
+    model, X = cases["sk_ridge"].model, np.tile(cases["sk_ridge"].X, (5, 1))[:1200]
+    small, big = X[:5], X
+    impl = sf.load_pyfunc(str(path))._model_impl
+    for rows, via_onnx in ((small, small_onnx), (big, big_onnx)):
+        got, native = impl.predict(rows), model.predict(rows)
+        assert _float32_made(got, native) if via_onnx else np.array_equal(got, native)
+    assert _float32_made(impl.predict(big, params={"backend": "onnx"}), model.predict(big))
+    assert np.array_equal(impl.predict(small, params={"backend": "native"}), model.predict(small))
+    loaded = sf.load_model(str(path), backend="auto")
+    assert (_float32_made(loaded.predict(big), model.predict(big)) if big_onnx
+            else np.array_equal(loaded.predict(big), model.predict(big)))
+
+
 # ----------------------------------------------------------------------------- refusals at save
 
 
@@ -177,10 +245,11 @@ def test_auto_saves_unconvertible_models_without_export_and_warns(name, reason, 
     np.testing.assert_array_equal(np.asarray(pf.predict(case.X)), np.asarray(case.model.predict(case.X)))
 
 
-@pytest.mark.parametrize("name", ["pipe_ct_xgb", "pipe_ct_lgbm", "sk_pipeline_ct_rf"])
+@pytest.mark.parametrize("name", ["pipe_ct_lgbm"])
 def test_auto_drops_an_export_that_disagrees(name, cases, tmp_path):
-    """A scaler before trees: float32 scaling moves inputs across split thresholds. The coverage
-    sample maps thresholds back through the scaler, finds the disagreement, and the export goes."""
+    """A scaler before LightGBM: LightGBM compares float64 inputs with float64 thresholds, its
+    export float32 with float32, so scaled inputs landing next to a threshold branch differently.
+    The coverage sample maps thresholds back through the scaler, finds it, and the export goes."""
     case = cases[name]
     with pytest.warns(OnnxExportWarning, match="does not agree with the checkpoint"):
         sf.save_model(case.model, tmp_path / "m", input_example=case.X[:5], onnx="auto")
@@ -188,7 +257,7 @@ def test_auto_drops_an_export_that_disagrees(name, cases, tmp_path):
     assert "onnx" not in read_section(tmp_path / "m")["flavors"]["safeflavor"]
 
 
-@pytest.mark.parametrize("name, reason", [("pipe_ct_xgb", "does not agree"), ("cb_clf_cat", "numerical features only")])
+@pytest.mark.parametrize("name, reason", [("pipe_ct_lgbm", "does not agree"), ("cb_clf_cat", "numerical features only")])
 def test_onnx_true_refuses_and_writes_nothing(name, reason, cases, tmp_path):
     case = cases[name]
     with pytest.raises(UnsupportedModelError, match=reason) as err:
@@ -543,6 +612,9 @@ def test_signed_model_with_a_replaced_export_is_refused(exported, keys, tmp_path
     (lambda s: s["onnx"]["inputs"].__setitem__("width", -1), "safeflavor.onnx.inputs"),
     (lambda s: s["onnx"]["methods"].__setitem__("decision_function", {"output": "x", "kind": "value", "ndim": 1}), "safeflavor.onnx.methods"),
     (lambda s: s["onnx"].__setitem__("converter", "pickle"), "safeflavor.onnx.converter"),
+    (lambda s: s["onnx"].__setitem__("crossover_rows", 0), "safeflavor.onnx.crossover_rows"),
+    (lambda s: s["onnx"].__setitem__("crossover_rows", True), "safeflavor.onnx.crossover_rows"),
+    (lambda s: s["onnx"].__setitem__("crossover_rows", "many"), "safeflavor.onnx.crossover_rows"),
 ])
 def test_onnx_record_is_parsed_strictly(edit, needle, victim):
     edit_mlmodel(victim, edit)
@@ -576,8 +648,9 @@ def test_tied_class_probabilities_are_left_to_the_native_model(tmp_path):
     assert len(ties) > 20
     raw_labels = pf._model_impl.onnx.session.run(["label"], {"input": Xt.astype(np.float32)})[0]
     assert (raw_labels[ties] != model.predict(Xt)[ties]).sum() > 10  # the export alone differs there
-    np.testing.assert_array_equal(pf.predict(Xt), model.predict(Xt))
-    np.testing.assert_array_equal(pf.predict(Xt[ties[:3]]), model.predict(Xt[ties[:3]]))
+    onnx = {"backend": "onnx"}  # not left to auto's routing: this is about the export's labels
+    np.testing.assert_array_equal(pf.predict(Xt, params=onnx), model.predict(Xt))
+    np.testing.assert_array_equal(pf.predict(Xt[ties[:3]], params=onnx), model.predict(Xt[ties[:3]]))
 
 
 def test_small_and_large_batches_are_fed_alike(exported, cases):

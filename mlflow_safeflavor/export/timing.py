@@ -52,12 +52,10 @@ def _medians(native: Callable[[], Any], onnx: Callable[[], Any]) -> tuple[float,
 
 
 def crossover(native: Callable[[Any], Any], onnx: Callable[[Any], Any], X: Any) -> tuple[int | None, dict[int, list[float]]]:
-    """The row count from which ``native`` is faster than ``onnx``, or None if it never was.
+    """Time both backends on ``X`` replicated to :data:`SIZES` rows; return :func:`decide`'s answer and the medians.
 
-    Times both at each of :data:`SIZES` (stopping once native has won twice in a row) and
-    interpolates between the last size the export won and the first it lost, with a straight
-    line (fixed cost + cost per row) through each backend's two measurements. Returns the
-    crossover and the medians ``{rows: [native_s, onnx_s]}``.
+    The ladder stops once native has won at two sizes in a row. ``measured`` maps rows to
+    ``[native_s, onnx_s]`` medians.
     """
     measured: dict[int, list[float]] = {}
     losses = 0
@@ -68,16 +66,25 @@ def crossover(native: Callable[[Any], Any], onnx: Callable[[Any], Any], X: Any) 
         losses = losses + 1 if measured[rows][0] < measured[rows][1] else 0
         if losses == 2:
             break
-    sizes = list(measured)
+    return decide(measured), measured
+
+
+def decide(measured: dict[int, list[float]]) -> int | None:
+    """The row count from which native is faster, from ``{rows: [native_s, onnx_s]}``; None if never.
+
+    Between the last size the export won and the first it lost, each backend's cost is taken as
+    a straight line (fixed cost + cost per row) through its two measurements, and the crossover
+    is where they meet. Native faster already at the smallest size gives that size.
+    """
+    sizes = sorted(measured)
     first_loss = next((i for i, s in enumerate(sizes) if measured[s][0] < measured[s][1]), None)
     if first_loss is None:
-        return None, measured
+        return None
     if first_loss == 0:
-        return 1, measured
+        return sizes[0]
     lo, hi = sizes[first_loss - 1], sizes[first_loss]
     (n_lo, o_lo), (n_hi, o_hi) = measured[lo], measured[hi]
-    # t = a + b·rows per backend, so the export's lead d = t_onnx − t_native is linear in rows:
-    # negative at `lo`, positive at `hi`, zero in between.
+    # The export's lead d = t_onnx - t_native is then linear in rows: <= 0 at `lo`, > 0 at `hi`.
     d_lo, d_hi = o_lo - n_lo, o_hi - n_hi
     at = lo - d_lo * (hi - lo) / (d_hi - d_lo)
-    return int(min(hi, max(lo + 1, round(at)))), measured
+    return int(min(hi, max(lo + 1, round(at))))
