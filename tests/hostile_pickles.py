@@ -55,16 +55,24 @@ def distinct_imports(n: int = 20_000) -> bytes:
 
 
 def gzip_bomb(decompressed: int = 4 * 1024**3) -> bytes:
-    """A gzip stream of ``decompressed`` zero bytes after a pickle header (4.3 MB for 4 GiB)."""
-    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
-    out = [comp.compress(b"\x80\x04")]
+    """A valid gzip stream of a pickle header and ``decompressed`` zero bytes (4.3 MB for 4 GiB).
+
+    After a full flush deflate output no longer refers to earlier data, so one compressed 16 MiB
+    block of zeros is repeated instead of compressing gigabytes; the trailer's CRC is computed.
+    """
     chunk = bytes(16 * 1024 * 1024)
-    left = decompressed
-    while left > 0:
-        out.append(comp.compress(chunk[: min(left, len(chunk))]))
-        left -= len(chunk)
-    out.append(comp.flush())
-    return b"".join(out)
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = comp.compress(b"\x80\x04") + comp.flush(zlib.Z_FULL_FLUSH)
+    block = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    blocks, rest = divmod(decompressed, len(chunk))
+    tail_comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    tail = tail_comp.compress(chunk[:rest]) + tail_comp.flush()
+    crc = zlib.crc32(b"\x80\x04")
+    for _ in range(blocks):
+        crc = zlib.crc32(chunk, crc)
+    crc = zlib.crc32(chunk[:rest], crc)
+    size = (2 + decompressed) & 0xFFFFFFFF
+    return head + block * blocks + tail + crc.to_bytes(4, "little") + size.to_bytes(4, "little")
 
 
 def call_chain(n: int = 100_000) -> bytes:

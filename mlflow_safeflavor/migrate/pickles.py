@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError, PickleRefusedError, SafeFlavorError
 from mlflow_safeflavor.migrate.allow import PicklePolicy, pickle_policy
-from mlflow_safeflavor.migrate.budget import Budget, ScanBudgetExceeded, ScanLimits
+from mlflow_safeflavor.migrate.budget import ENV_SCAN_MEMORY_MB, Budget, ScanBudgetExceeded, ScanLimits
 from mlflow_safeflavor.migrate.scanreport import Finding, ScanReport
 from mlflow_safeflavor.migrate.streams import decompress, read_pickle_bytes, stream_cap
 from mlflow_safeflavor.migrate.unpickler import MAX_NESTING, _JoblibArray, _Reader, _Sym, _SymObj
@@ -170,7 +170,9 @@ def _scan_in_process(path: Any, data: bytes | None, label: str, trusted_types: A
         report.problem(exc.message)
         return report
     except MemoryError:
-        report.problem(f"{label}: reading the stream ran out of memory; refused (raise the scan limits if it is legitimate)")
+        report.problem(f"{label}: reading and decompressing the stream ran out of memory; refused (the scan budget is "
+                       f"{budget.limits.memory_mb} MB: raise {ENV_SCAN_MEMORY_MB} if the model is legitimately that large)")
+        report.budget_exceeded = True
         return report
     _scan_raw(raw, container, report, judge, budget)
     if second_opinion and report.protocol is not None and not report.budget_exceeded:
@@ -192,7 +194,7 @@ def _scan_raw(raw: bytes, container: str, report: ScanReport, judge: PicklePolic
         report.problem("the pickle nests too deeply to scan")
     except MemoryError:
         report.problem(f"the scan ran out of memory; refused (the scan budget is {budget.limits.memory_mb} MB: "
-                       "MLFLOW_SAFEFLAVOR_SCAN_MEMORY_MB)")
+                       f"raise {ENV_SCAN_MEMORY_MB} if the model is legitimately that large)")
         report.budget_exceeded = True
     except SafeFlavorError as exc:
         report.problem(exc.message)
