@@ -123,6 +123,40 @@ def infer_signature_from_input_example(saved_example: Any, wrapper: Any) -> Any:
     return _first("mlflow.models.signature", "_infer_signature_from_input_example")(saved_example, wrapper)
 
 
+def validate_env_arguments(conda_env: Any, pip_requirements: Any, extra_pip_requirements: Any) -> None:
+    """Refuse the combinations of environment arguments MLflow's flavors refuse (``MlflowException``)."""
+    _first("mlflow.utils.environment", "_validate_env_arguments")(conda_env, pip_requirements, extra_pip_requirements)
+
+
+def write_environment_files(path: str, default_requirements: list[str], *, pip_requirements: Any = None,
+                            extra_pip_requirements: Any = None, conda_env: Any = None) -> None:
+    """Write ``conda.yaml``, ``requirements.txt``, ``python_env.yaml`` (and ``constraints.txt``) as MLflow's flavors do.
+
+    ``default_requirements`` apply unless ``pip_requirements`` or ``conda_env`` replace them; user
+    values are processed by MLflow's own helpers, so the files are the ones ``mlflow models`` reads.
+    """
+    import os
+
+    import yaml
+
+    def need(name: str) -> Any:
+        return _first("mlflow.utils.environment", name)
+
+    if conda_env is None:
+        conda, pip_reqs, constraints = need("_process_pip_requirements")(
+            default_requirements, pip_requirements, extra_pip_requirements)
+    else:
+        conda, pip_reqs, constraints = need("_process_conda_env")(conda_env)
+    with open(os.path.join(path, need("_CONDA_ENV_FILE_NAME")), "w") as fh:
+        yaml.safe_dump(conda, stream=fh, default_flow_style=False)
+    if constraints:
+        with open(os.path.join(path, need("_CONSTRAINTS_FILE_NAME")), "w") as fh:
+            fh.write("\n".join(constraints))
+    with open(os.path.join(path, need("_REQUIREMENTS_FILE_NAME")), "w") as fh:
+        fh.write("\n".join(pip_reqs))
+    need("_PythonEnv").current().to_yaml(os.path.join(path, need("_PYTHON_ENV_FILE_NAME")))
+
+
 def pyfunc_implementation(model: Any) -> Any:
     """The flavor object a ``PyFuncModel`` wraps (ours: ``SafeFlavorPyfunc``), or None."""
     return getattr(model, "_model_impl", None)

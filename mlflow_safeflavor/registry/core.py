@@ -73,11 +73,9 @@ def smoke_enabled(value: bool | None = None) -> bool:
 
 def is_prompt_placeholder(uri: Any) -> bool:
     """True if ``uri`` is the placeholder source MLflow gives prompt versions (no artifacts behind it)."""
-    try:
-        from mlflow.prompt.constants import _PROMPT_SOURCE_PLACEHOLDERS as placeholders
-    except ImportError:  # other MLflow layouts
-        placeholders = frozenset({"dummy-source", "prompt-template"})
-    return isinstance(uri, str) and uri in placeholders
+    from mlflow_safeflavor._mlflow_compat import prompt_source_placeholders
+
+    return isinstance(uri, str) and uri in prompt_source_placeholders()
 
 
 def artifact_digest(root: str | os.PathLike) -> str:
