@@ -19,6 +19,7 @@ from mlflow_safeflavor.errors import InvalidArgumentError
 from mlflow_safeflavor.registry.core import (
     TAG_REJECTED,
     TAG_REJECTED_AT,
+    TAG_VERIFIED,
     PromotionRejectedError,
     evaluate,
     policy_record,
@@ -30,7 +31,8 @@ from mlflow_safeflavor.registry.store import download_version, get_client, get_v
 # What to do about each failed check, in the order a person should look at them.
 _FIXES = (
     ({"safeflavor.verified", "files", "digests"},
-     "the artifacts were changed after they were logged; restore them, or log the model again and promote the new version"),
+     "the artifacts were changed after they were logged or verified; restore them, or log the model again and promote "
+     "the new version (if you made the change yourself and checked the new files, promote with reapprove=True)"),
     ({"signature"},
      "sign the model with a key the gate trusts (`mlflow-safeflavor sign`) or promote without requiring a signature"),
     ({"record", "loader_module", "other_flavors", "pickle", "code", "mlmodel"},
@@ -64,6 +66,7 @@ def promote(
     signing_key: str | os.PathLike | None = None,
     signing_password: str | None = None,
     trusted_types: Iterable[str] | str | None = None,
+    reapprove: bool = False,
 ) -> PromotionResult:
     """Verify model version ``name``/``version`` under the gate's policy and only then give it ``alias``.
 
@@ -76,6 +79,12 @@ def promote(
     ``safeflavor.verified`` (digest of every artifact file except ``model.sig``),
     ``safeflavor.policy``, ``safeflavor.verified_at`` — and then the alias is set. A version that
     fails gets a ``safeflavor.rejected`` tag and no alias, and PromotionRejectedError is raised.
+
+    A version that already carries a ``safeflavor.verified`` digest must still match it: artifacts
+    that changed since they were verified are evidence of tampering, and are refused (and tagged
+    rejected) even when every other check passes — a signature is not required to notice. Only
+    ``reapprove=True``, an operator's explicit decision, verifies the new artifacts from scratch; the
+    digest they replace is recorded in ``safeflavor.policy`` as ``reapproved_from``.
     """
     client = get_client(client)
     version = str(version)
@@ -91,14 +100,18 @@ def promote(
     policy = policy_record(by="promote", trusted_types=trusted_types, public_key=public_key,
                            signing_key=signing_key, signing_password=signing_password, smoke=True)
     label = f"models:/{name}/{version}"
+    previous = (mv.tags or {}).get(TAG_VERIFIED) or None
     with tempfile.TemporaryDirectory(prefix="safeflavor-promote-") as tmp:
         local = download_version(client, name, version, tmp)
-        verdict = evaluate(local, label=label, public_key=public_key, trusted_types=trusted_types, smoke=True)
+        verdict = evaluate(local, label=label, public_key=public_key, trusted_types=trusted_types, smoke=True,
+                           expected_digest=None if reapprove else previous)
         if not verdict.ok:
             _reject(client, name, version, alias, verdict.reason, verdict.failed)
         if signing_key is not None:
             _sign(client, name, version, local, signing_key, signing_password, trusted_types)
 
+    if reapprove and previous and previous != verdict.digest:
+        policy["reapproved_from"] = previous
     for key, value in verified_tags(verdict.digest, policy).items():
         client.set_model_version_tag(name, version, key, value)
     for key in (TAG_REJECTED, TAG_REJECTED_AT):
