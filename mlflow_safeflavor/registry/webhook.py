@@ -91,8 +91,10 @@ class Receiver:
             return _error(401, "UNAUTHENTICATED", f"timestamp {sent} is outside the {self.window:g}s window "
                           "(stale or replayed delivery, or clocks out of sync)")
         expected = sign_delivery(self.secret, delivery_id, timestamp, text)
-        # Standard Webhooks allow several space-separated signatures; accept any valid v1 one.
-        if not any(hmac.compare_digest(expected, s) for s in signature.split()):
+        # Standard Webhooks allow several space-separated signatures; accept any valid v1 one. Compared
+        # as bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401).
+        wanted = expected.encode("utf-8")
+        if not any(hmac.compare_digest(wanted, s.encode("utf-8", "surrogateescape")) for s in signature.split()):
             return _error(401, "UNAUTHENTICATED", "invalid X-MLflow-Signature for this secret")
         with self._lock:
             # Forget an id only once its timestamp has left the window, so no replay can fall between.

@@ -144,6 +144,20 @@ def build_row(client: Any, mv: Any, aliases: list[str], protected: frozenset[str
     return row
 
 
+def _unlisted_row(model: Any, failure: str | None, protected: frozenset[str]) -> VersionRow:
+    """A row standing for versions the registry has but a search did not return: unknown, so unsafe.
+
+    An empty answer must not read as "nothing unsafe here": the model's aliases or latest versions
+    say it has versions, so the row is shown, counted under the unsafe filter, and says why.
+    """
+    aliases = sorted(model.aliases or {})
+    why = f"its versions could not be listed ({failure})" if failure else (
+        "the registry says it has versions (aliases or latest versions) but a search for them returned none")
+    return VersionRow(name=model.name, version="?", aliases=aliases,
+                      protected=[a for a in aliases if is_protected(a, protected)],
+                      error=f"{why}; shown as unknown until they can be read")
+
+
 def list_versions(client: Any, *, filter_name: str | None = None, page_token: str | None = None,
                   max_models: int = 50) -> dict[str, Any]:
     """Rows for every version of one page of registered models, newest version first.
@@ -151,19 +165,28 @@ def list_versions(client: Any, *, filter_name: str | None = None, page_token: st
     ``filter_name`` is a key of :data:`FILTERS` (or None for everything). Returns ``rows``,
     ``next_page_token``, ``counts`` per filter over the page, and the protected aliases in force.
     """
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_safeflavor.migrate.source import search_versions
+
     protected = protected_aliases()
     page = client.search_registered_models(max_results=max_models, page_token=page_token or None)
     versions: list[tuple[Any, list[str]]] = []
+    unlisted: list[VersionRow] = []
     for model in page:
         by_version: dict[str, list[str]] = {}
         for alias, version in (model.aliases or {}).items():
             by_version.setdefault(str(version), []).append(alias)
-        escaped = model.name.replace("\\", "\\\\").replace("'", "\\'")
-        found = client.search_model_versions(f"name = '{escaped}'")
+        try:
+            found, failure = search_versions(client, model.name), None
+        except MlflowException as exc:
+            found, failure = [], f"{exc.error_code}: {str(exc.message)[:200]}"
+        if not found and (failure or model.aliases or getattr(model, "latest_versions", None)):
+            unlisted.append(_unlisted_row(model, failure, protected))
         for mv in sorted(found, key=lambda v: -int(v.version)):
             versions.append((mv, by_version.get(str(mv.version), [])))
     with ThreadPoolExecutor(max_workers=_FETCHERS) as pool:
-        rows = list(pool.map(lambda item: build_row(client, item[0], item[1], protected), versions))
+        rows = unlisted + list(pool.map(lambda item: build_row(client, item[0], item[1], protected), versions))
     counts = {"all": len(rows), "unsafe": sum(r.unsafe for r in rows),
               "protected-unverified": sum(r.protected_unverified for r in rows)}
     if filter_name == "unsafe":
