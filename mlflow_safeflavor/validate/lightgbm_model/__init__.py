@@ -30,12 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow_safeflavor.errors import MalformedArtifactError
-
-from .._common import Refused, malformed, run_checks
-from ._caps import MAX_CLASSES, MAX_DEPTH, MAX_FEATURES, MAX_LEAVES, MAX_TREES
-from ._header import parse_header
-from ._tail import check_pandas_categorical, check_tail, check_zero_tree_tail
-from ._trees import check_trees
+from mlflow_safeflavor.validate._common import Refused, malformed, run_checks
+from mlflow_safeflavor.validate.lightgbm_model._caps import MAX_CLASSES, MAX_DEPTH, MAX_FEATURES, MAX_LEAVES, MAX_TREES
+from mlflow_safeflavor.validate.lightgbm_model._header import parse_header
+from mlflow_safeflavor.validate.lightgbm_model._tail import check_pandas_categorical, check_tail, check_zero_tree_tail
+from mlflow_safeflavor.validate.lightgbm_model._trees import check_trees
 
 __all__ = ["MAX_CLASSES", "MAX_DEPTH", "MAX_FEATURES", "MAX_LEAVES", "MAX_TREES", "validate"]
 

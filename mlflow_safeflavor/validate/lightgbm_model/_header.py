@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .._common import INT32_MAX, Refused
-from ._caps import MAX_CLASSES, MAX_FEATURES, MAX_TREES
+from mlflow_safeflavor.validate._common import INT32_MAX, Refused
+from mlflow_safeflavor.validate.lightgbm_model._caps import MAX_CLASSES, MAX_FEATURES, MAX_TREES
 
 # Keys LightGBM's header loop interprets; every other header line is refused.
 _HEADER_KEYS = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from .._common import Refused
+from mlflow_safeflavor.validate._common import Refused
 
 # Parameters block: "[name: value]". LightGBM turns these into JSON for Booster.params and Python
 # json.loads() it, so a value must not break that JSON.

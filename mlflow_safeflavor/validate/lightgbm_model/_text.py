@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._common import INT32_MAX, Refused, first_outside, offsets_of
+from mlflow_safeflavor.validate._common import INT32_MAX, Refused, first_outside, offsets_of
 
 # The fields of a tree block, in the order model_to_string writes them (lightgbm >= 3.1).
 TREE_KEYS = (

@@ -7,9 +7,17 @@ import warnings
 
 import numpy as np
 
-from .._common import INT32_MAX, Refused, first_outside, locate, offsets_of
-from ._caps import MAX_DEPTH, MAX_LEAVES
-from ._text import K, check_numbers, expected_counts, field_values, parse_ints, read_section, small_ints
+from mlflow_safeflavor.validate._common import INT32_MAX, Refused, first_outside, locate, offsets_of
+from mlflow_safeflavor.validate.lightgbm_model._caps import MAX_DEPTH, MAX_LEAVES
+from mlflow_safeflavor.validate.lightgbm_model._text import (
+    K,
+    check_numbers,
+    expected_counts,
+    field_values,
+    parse_ints,
+    read_section,
+    small_ints,
+)
 
 
 def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:

@@ -44,8 +44,8 @@ over the typed reads of :mod:`._values`); :mod:`._structure` (indices, cycles, d
 
 from __future__ import annotations
 
-from .._common import Refused, malformed, run_checks
-from ._caps import (
+from mlflow_safeflavor.validate._common import Refused, malformed, run_checks
+from mlflow_safeflavor.validate.xgboost_model._caps import (
     MAX_CAT_BITSET_BYTES,
     MAX_CATEGORY,
     MAX_FEATURES,
@@ -57,8 +57,8 @@ from ._caps import (
     MAX_TREES,
     MAX_UBJ_VALUES,
 )
-from ._decode import UBJDecoder, load_json, sniff
-from ._schema import check_document
+from mlflow_safeflavor.validate.xgboost_model._decode import UBJDecoder, load_json, sniff
+from mlflow_safeflavor.validate.xgboost_model._schema import check_document
 
 __all__ = [
     "MAX_CATEGORY",

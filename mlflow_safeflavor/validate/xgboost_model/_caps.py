@@ -3,9 +3,11 @@ are far above real models."""
 
 from __future__ import annotations
 
+from mlflow_safeflavor.validate._common import INT32_MAX
+
 MAX_TREES = 1_000_000
 MAX_TOTAL_NODES = 100_000_000
-MAX_TREE_NODES = 2**31 - 1
+MAX_TREE_NODES = INT32_MAX
 MAX_TREE_DEPTH = 10_000  # XGBoost 3.2 overflows the stack in MaxDepth() somewhere below 1e6.
 MAX_FEATURES = 100_000_000  # the predictor allocates num_feature slots per thread
 MAX_OUTPUTS = 1_000_000

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .._common import Refused
-from ._caps import MAX_NESTING, MAX_UBJ_VALUES
-from ._ubj_trees import INT64, fast_trees, scan_trees
+from mlflow_safeflavor.validate._common import Refused
+from mlflow_safeflavor.validate.xgboost_model._caps import MAX_NESTING, MAX_UBJ_VALUES
+from mlflow_safeflavor.validate.xgboost_model._ubj_trees import INT64, fast_trees, scan_trees
 
 # --------------------------------------------------------------------------------------------------
 # Format sniffing and JSON

@@ -12,10 +12,29 @@ from typing import Any
 
 import numpy as np
 
-from .._common import Refused, first_outside
-from ._caps import MAX_FEATURES, MAX_OUTPUTS, MAX_TOTAL_NODES, MAX_TREE_NODES, MAX_TREES
-from ._structure import Forest, check_forest
-from ._values import F32, I32, I64, U8, decimal, get, int_list, integer, ints, length, obj, string
+from mlflow_safeflavor.validate._common import Refused, first_outside
+from mlflow_safeflavor.validate.xgboost_model._caps import (
+    MAX_FEATURES,
+    MAX_OUTPUTS,
+    MAX_TOTAL_NODES,
+    MAX_TREE_NODES,
+    MAX_TREES,
+)
+from mlflow_safeflavor.validate.xgboost_model._structure import Forest, check_forest
+from mlflow_safeflavor.validate.xgboost_model._values import (
+    F32,
+    I32,
+    I64,
+    U8,
+    decimal,
+    get,
+    int_list,
+    integer,
+    ints,
+    length,
+    obj,
+    string,
+)
 
 _SPLIT_INDEX_TYPES = (">i4", ">i8")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._common import INT32_MAX, Refused, first_outside, locate, offsets_of
-from ._caps import MAX_CAT_BITSET_BYTES, MAX_CATEGORY, MAX_TREE_DEPTH
+from mlflow_safeflavor.validate._common import INT32_MAX, Refused, first_outside, locate, offsets_of
+from mlflow_safeflavor.validate.xgboost_model._caps import MAX_CAT_BITSET_BYTES, MAX_CATEGORY, MAX_TREE_DEPTH
 
 _ROOT_PARENTS = (-1, INT32_MAX)  # how XGBoost writes the root's parent (vector-leaf / scalar)
 

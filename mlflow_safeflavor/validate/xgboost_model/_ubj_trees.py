@@ -13,11 +13,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._caps import MAX_NESTING, MAX_OUTPUTS, MAX_TOTAL_NODES, MAX_TREE_NODES, MAX_TREES
-from ._structure import Forest
+from mlflow_safeflavor.validate.xgboost_model._caps import (
+    MAX_NESTING,
+    MAX_OUTPUTS,
+    MAX_TOTAL_NODES,
+    MAX_TREE_NODES,
+    MAX_TREES,
+)
+from mlflow_safeflavor.validate.xgboost_model._structure import Forest
 
 if TYPE_CHECKING:
-    from ._decode import UBJDecoder
+    from mlflow_safeflavor.validate.xgboost_model._decode import UBJDecoder
 
 INT64 = struct.Struct(">q")  # UBJ 'L': every length and count in XGBoost's dialect
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._common import Refused
+from mlflow_safeflavor.validate._common import Refused
 
 # Typed UBJ arrays by NumPy dtype string.
 I32 = (">i4",)
