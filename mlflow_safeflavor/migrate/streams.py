@@ -21,6 +21,7 @@ from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactErro
 from mlflow_safeflavor.integrity import DEFAULT_MAX_FILE_BYTES, ENV_MAX_FILE_BYTES, _cap
 from mlflow_safeflavor.migrate.budget import ENV_SCAN_MAX_MB, ScanLimits
 
+_PIECE = 16 * 1024 * 1024
 # joblib's compressors, by the magic bytes their streams start with.
 _COMPRESSION = (
     (b"\x1f\x8b", "gzip"),
@@ -103,14 +104,34 @@ def decompress(data: bytes, *, label: str, cap: tuple[int, str] | None = None) -
         dec = bz2.BZ2Decompressor()
     else:
         dec = lzma.LZMADecompressor()
+    # In pieces, so a bomb is stopped holding the cap plus one piece, never the decompressor's
+    # doubling buffer for the whole cap.
+    pieces: list[bytes] = []
+    total = 0
     try:
-        out = dec.decompress(data, limit + 1) if kind in ("zlib", "gzip") else dec.decompress(data, max_length=limit + 1)
+        if kind in ("zlib", "gzip"):
+            pending = data
+            while True:
+                piece = dec.decompress(pending, _PIECE)
+                pending = dec.unconsumed_tail
+                total += len(piece)
+                pieces.append(piece)
+                if total > limit or dec.eof or not (pending or piece):
+                    break
+        else:
+            piece = dec.decompress(data, max_length=_PIECE)
+            while True:
+                total += len(piece)
+                pieces.append(piece)
+                if total > limit or dec.eof or dec.needs_input:
+                    break
+                piece = dec.decompress(b"", max_length=_PIECE)
     except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError) as exc:
         raise MalformedArtifactError(f"{label}: corrupt {kind} stream ({exc}).", path=label) from None
-    if len(out) > limit:
+    if total > limit:
         raise MalformedArtifactError(
             f"{label}: decompresses to more than {limit} bytes ({setting}); refused as a possible "
             "decompression bomb.",
             path=label,
         )
-    return out, f"joblib ({kind})"
+    return b"".join(pieces), f"joblib ({kind})"

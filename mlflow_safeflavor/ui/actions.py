@@ -9,7 +9,11 @@ with the same arguments the CLI passes. Errors are the library's, shown with the
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
+import stat
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,44 @@ from mlflow_safeflavor.ui.config import UIConfig
 from mlflow_safeflavor.ui.jobs import JobContext
 from mlflow_safeflavor.ui.workspace import Upload
 
-# URIs the page resolves through MLflow. Local paths and file:// are refused (upload the file
-# instead): a page that reads any path on the server for whoever can reach it would be a file
-# oracle; http(s) artifact URIs would make it fetch arbitrary addresses.
-URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "hdfs://")
+# URIs the page resolves through MLflow, against the tracking server it was started with. Local
+# paths and file:// are refused (upload the file instead): a page that reads any path on the server
+# for whoever can reach it would be a file oracle. A URI that names a host, credentials or a
+# profile (``mlflow-artifacts://host:port/...``, ``models://profile@databricks/...``, wasbs/abfss/
+# hdfs, http(s)) is refused too: the page would send its own MLflow or cloud credentials there.
+URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "dbfs:/", "s3://", "gs://")
+_NO_NETLOC = frozenset({"runs", "models", "mlflow-artifacts", "dbfs"})
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+
+
+def _uri_problem(text: str) -> str | None:
+    """Why the page will not resolve ``text`` (None when it will)."""
+    from urllib.parse import unquote, urlsplit
+
+    if not text.startswith(URI_SCHEMES):
+        return f"is not a model URI this page resolves (use {', '.join(URI_SCHEMES)})"
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "is not a well-formed URI"
+    if parts.query or parts.fragment or "\\" in text:
+        return "carries a query, a fragment or a backslash, which model URIs never do"
+    scheme, netloc = parts.scheme.lower(), parts.netloc
+    if scheme in _NO_NETLOC and netloc:
+        return (f"names a host, credentials or a profile ({netloc[:60]!r}); the page only resolves URIs "
+                f"against its own tracking server (write {scheme}:/<path>)")
+    if scheme not in _NO_NETLOC:
+        try:
+            ipaddress.ip_address(netloc)
+            is_ip = True
+        except ValueError:
+            is_ip = False
+        if not _BUCKET.fullmatch(netloc) or is_ip:
+            return f"does not name a plain bucket ({netloc[:60]!r}: no hosts, addresses, ports or credentials)"
+    segments = unquote(parts.path).split("/")
+    if any(seg in (".", "..") for seg in segments) or "\x00" in unquote(parts.path):
+        return "has '.' or '..' segments"
+    return None
 
 
 def scan_view(report: Any) -> dict[str, Any]:
@@ -36,12 +74,18 @@ def scan_view(report: Any) -> dict[str, Any]:
     return out
 
 
-def scan_upload(upload: Upload, config: UIConfig) -> dict[str, Any]:
-    """The static scan of an uploaded pickle (nothing is unpickled)."""
+def scan_upload(upload: Upload, config: UIConfig, cancel: threading.Event | None = None) -> dict[str, Any]:
+    """The static scan of an uploaded pickle (nothing is unpickled), isolated and under the scan budget.
+
+    The decompressed stream is capped at the page's upload cap; ``cancel`` stops the scan (and
+    kills its process) when the client went away.
+    """
     from mlflow_safeflavor.migrate import scan_pickle
+    from mlflow_safeflavor.ui.config import ENV_MAX_UPLOAD_MB
 
     f = upload.files["file"]
-    return scan_view(scan_pickle(f.path, label=f.display, trusted_types=config.trusted_types))
+    return scan_view(scan_pickle(f.path, label=f.display, trusted_types=config.trusted_types, isolated=True,
+                                 max_bytes=config.max_upload_bytes, max_bytes_setting=ENV_MAX_UPLOAD_MB, cancel=cancel))
 
 
 def check_uri(uri: Any) -> str:
@@ -49,11 +93,11 @@ def check_uri(uri: Any) -> str:
     text = uri.strip() if isinstance(uri, str) else ""
     if not text or len(text) > 2048 or any(ord(c) < 32 for c in text):
         raise InvalidArgumentError("paste an MLflow model URI such as models:/churn/3 or runs:/<run id>/model.")
-    if not text.startswith(URI_SCHEMES):
+    problem = _uri_problem(text)
+    if problem is not None:
         raise InvalidArgumentError(
-            f"{text[:120]!r} is not a model URI this page resolves (use {', '.join(URI_SCHEMES)}). "
-            "Files on disk are not read from the page: upload the pickle instead, or use "
-            "`mlflow-safeflavor convert PATH` on the command line."
+            f"{text[:120]!r} {problem}. Files on disk and other hosts are not read from the page: "
+            "upload the pickle instead, or use `mlflow-safeflavor convert` on the command line."
         )
     return text
 
@@ -64,12 +108,13 @@ def scan_uri(ctx: JobContext, uri: str, config: UIConfig) -> dict[str, Any]:
     from mlflow_safeflavor.migrate.source import resolve
 
     ctx.stage("downloading the model's files")
-    src = resolve(uri, ctx.dir)
+    src = resolve(check_uri(uri), ctx.dir, uri_only=True)  # never a local path, whatever the cwd holds
     ctx.names[str(ctx.dir)] = "<download>"
     scan = None
     if src.kind == "pickle":
         ctx.stage("scanning the pickle")
-        scan = scan_view(scan_pickle(src.file, label=f"{uri} ({src.file.name})", trusted_types=config.trusted_types))
+        scan = scan_view(scan_pickle(src.file, label=f"{uri} ({src.file.name})", trusted_types=config.trusted_types,
+                                     isolated=True))
     return {
         "uri": uri, "flavor": src.flavor, "serialization": src.serialization, "kind": src.kind,
         "model_class": src.model_class, "scan": scan, "convertible": scan is None or scan["ok"],
@@ -96,14 +141,15 @@ def _package(ctx: JobContext, model_dir: Path, stem: str) -> int:
     return zip_path.stat().st_size
 
 
-def _convert_and_verify(ctx: JobContext, source: Any, stem: str, sample: Any, config: UIConfig) -> dict[str, Any]:
+def _convert_and_verify(ctx: JobContext, source: Any, stem: str, sample: Any, config: UIConfig, *,
+                        uri_only: bool = False) -> dict[str, Any]:
     from mlflow_safeflavor.migrate import convert
     from mlflow_safeflavor.verify import format_result, verify_local
 
     ctx.stage("converting: static scan, then rebuild, save and compare predictions in an isolated process")
     dest = ctx.dir / "model"
     ctx.names[str(dest)] = "<converted model>"
-    result = convert(source, dest_path=dest, sample_input=sample, trusted_types=config.trusted_types)
+    result = convert(source, dest_path=dest, sample_input=sample, trusted_types=config.trusted_types, uri_only=uri_only)
     ctx.stage("verifying the converted model")
     # A model converted a moment ago has no signature yet: the page's --public-key is for registry
     # versions, not for this report (MLFLOW_SAFEFLAVOR_PUBLIC_KEY, if set, still applies).
@@ -119,6 +165,7 @@ def convert_upload(ctx: JobContext, upload: Upload, config: UIConfig) -> dict[st
     """Convert an uploaded pickle (its sample rows, or 64 synthetic rows) and zip the result."""
     f = upload.files["file"]
     sample = upload.files.get("sample")
+    _still_ours(upload)
     ctx.names[str(f.path)] = f.display
     if sample is not None:
         ctx.names[str(sample.path)] = sample.display
@@ -127,10 +174,27 @@ def convert_upload(ctx: JobContext, upload: Upload, config: UIConfig) -> dict[st
     return _convert_and_verify(ctx, f.path, stem, str(sample.path) if sample else "synthetic", config)
 
 
+def _still_ours(upload: Upload) -> None:
+    """Refuse a held upload whose directory or files are no longer what the page wrote.
+
+    Anything that can write to the workspace could swap a held file for a symlink to another file
+    on the server between the scan and the conversion; the conversion reads only plain files.
+    """
+    try:
+        st = os.lstat(upload.dir)
+        ok = stat.S_ISDIR(st.st_mode) and all(
+            stat.S_ISREG(os.lstat(f.path).st_mode) and os.path.dirname(f.path) == str(upload.dir) for f in upload.files.values())
+    except OSError:
+        ok = False
+    if not ok:
+        raise InvalidArgumentError("the held upload changed on disk after its scan (a file is missing, linked or not "
+                                   "a regular file); nothing was converted. Upload the file again.")
+
+
 def convert_uri(ctx: JobContext, uri: str, synthetic: bool, config: UIConfig) -> dict[str, Any]:
     """Convert the model at an MLflow URI (its input example, or synthetic rows) and zip the result."""
     stem = uri.split(":", 1)[-1].strip("/").replace("/", "-")  # models:/churn/3 -> churn-3
-    return _convert_and_verify(ctx, uri, stem, "synthetic" if synthetic else None, config)
+    return _convert_and_verify(ctx, check_uri(uri), stem, "synthetic" if synthetic else None, config, uri_only=True)
 
 
 def verify_version(ctx: JobContext, name: str, version: str, config: UIConfig) -> dict[str, Any]:

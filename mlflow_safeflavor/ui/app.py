@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 
 from mlflow_safeflavor.errors import SafeFlavorError
 from mlflow_safeflavor.ui import actions
-from mlflow_safeflavor.ui.config import UIConfig
+from mlflow_safeflavor.ui.config import ENV_MAX_HELD_MB, ENV_MAX_SCANS, UIConfig
 from mlflow_safeflavor.ui.jobs import Job, JobRunner, describe_error
 from mlflow_safeflavor.ui.security import CSRF_HEADER, GuardMiddleware, new_token
 from mlflow_safeflavor.ui.uploads import UploadRefused, receive
@@ -87,6 +87,53 @@ def shown_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
+class _ScanSlots:
+    """How many upload scans run now, at most ``limit``; a request that finds none free is refused."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.running = limit, 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.running >= self.limit:
+                return False
+            self.running += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+def _held_full(config: UIConfig) -> UploadRefused:
+    return UploadRefused(
+        503, "TEMPORARILY_UNAVAILABLE",
+        f"the page already holds {config.max_held_bytes / 1048576:.4g} MiB of uploads waiting for conversion "
+        f"({ENV_MAX_HELD_MB}); convert them or wait up to {config.ttl_seconds:g} s for them to expire, then upload again.")
+
+
+async def _until_disconnected(request: Any, start: Any) -> Any:
+    """Await ``start(cancel)`` while watching the client; when it goes away, set ``cancel``.
+
+    The scan behind it checks the event (and kills its isolated process), so a client that hangs
+    up stops the work it started instead of leaving a core busy for the whole budget.
+    """
+    import asyncio
+
+    cancel = threading.Event()
+    work = asyncio.ensure_future(start(cancel))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=0.25)
+            if not work.done() and await request.is_disconnected():
+                cancel.set()
+    except BaseException:  # the request itself was cancelled: stop the scan too
+        cancel.set()
+        raise
+    return work.result()
+
+
 def create_app(config: UIConfig | None = None) -> Any:
     """Build the app. Sets MLflow's tracking URI when ``config.tracking_uri`` is given.
 
@@ -108,7 +155,8 @@ def create_app(config: UIConfig | None = None) -> Any:
     if config.tracking_uri:
         mlflow.set_tracking_uri(config.tracking_uri)
     workspace = Workspace(config.ttl_seconds, config.tmp_dir)
-    runner = JobRunner(workspace, workers=config.workers, ttl_seconds=config.ttl_seconds)
+    runner = JobRunner(workspace, workers=config.workers, ttl_seconds=config.ttl_seconds, max_jobs=config.max_jobs)
+    scans = _ScanSlots(config.max_scans)
     token = new_token()
     stop = threading.Event()
 
@@ -199,7 +247,8 @@ def create_app(config: UIConfig | None = None) -> Any:
 
     @app.get("/healthz")
     async def health() -> Any:
-        return {"status": "ok", "jobs_running": runner.busy(), "uploads_held": workspace.held()}
+        return {"status": "ok", "jobs_running": runner.busy(), "uploads_held": workspace.held(),
+                "uploads_held_bytes": workspace.held_bytes(), "scans_running": scans.running}
 
     # --------------------------------------------------------------------------------- api
     @app.get("/api/csrf")
@@ -208,16 +257,28 @@ def create_app(config: UIConfig | None = None) -> Any:
 
     @app.post("/api/scan")
     async def scan(request: Request) -> Any:
-        received, _ = await receive(request, workspace, cap=config.max_upload_bytes)
-        upload = Upload(received.id, received.dir, received.files)
+        # Refused before the body is read: no slot for another scan, or no room for another upload.
+        if workspace.held_bytes() >= config.max_held_bytes:
+            raise _held_full(config)
+        if not scans.acquire():
+            raise UploadRefused(503, "TEMPORARILY_UNAVAILABLE",
+                                f"{config.max_scans} scans are running, the most this page runs at once "
+                                f"({ENV_MAX_SCANS}); try again in a moment.")
         try:
-            report = await run_in_threadpool(actions.scan_upload, upload, config)
-        except BaseException:
+            received, _ = await receive(request, workspace, cap=config.max_upload_bytes)
+            upload = Upload(received.id, received.dir, received.files)
+            try:
+                report = await _until_disconnected(request, lambda cancel: run_in_threadpool(
+                    actions.scan_upload, upload, config, cancel))
+            except BaseException:
+                workspace.remove(upload.dir)
+                raise
+        finally:
+            scans.release()
+        if report["ok"] and not workspace.keep(upload, max_held_bytes=config.max_held_bytes):
             workspace.remove(upload.dir)
-            raise
-        if report["ok"]:
-            workspace.keep(upload)
-        else:
+            raise _held_full(config)
+        if not report["ok"]:
             workspace.remove(upload.dir)  # refused: nothing of it stays
         sample = upload.files.get("sample")
         return {"upload_id": upload.id if report["ok"] else None, "file": upload.files["file"].display,

@@ -18,11 +18,17 @@ from mlflow_safeflavor.settings import env_number
 ENV_MAX_UPLOAD_MB = "MLFLOW_SAFEFLAVOR_UI_MAX_UPLOAD_MB"
 ENV_TTL = "MLFLOW_SAFEFLAVOR_UI_TTL"
 ENV_WORKERS = "MLFLOW_SAFEFLAVOR_UI_WORKERS"
+ENV_MAX_HELD_MB = "MLFLOW_SAFEFLAVOR_UI_MAX_HELD_MB"
+ENV_MAX_SCANS = "MLFLOW_SAFEFLAVOR_UI_MAX_SCANS"
+ENV_MAX_JOBS = "MLFLOW_SAFEFLAVOR_UI_MAX_JOBS"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5050
 DEFAULT_MAX_UPLOAD_MB = 256.0
 DEFAULT_TTL_SECONDS = 900.0
 DEFAULT_WORKERS = 2
+DEFAULT_MAX_HELD_MB = 1024.0
+DEFAULT_MAX_SCANS = 2
+DEFAULT_MAX_JOBS = 16
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
@@ -52,6 +58,11 @@ class UIConfig:
     is how long an accepted upload or a finished job's files (the converted zip) are kept before
     they are deleted; ``workers`` is how many long operations (conversions, verifications,
     promotions) run at once — each conversion also starts its own isolated child process.
+    ``max_held_bytes`` caps what all accepted uploads waiting for a conversion hold on disk together;
+    ``max_scans`` is how many upload scans run at once (each in its own resource-limited process;
+    more are answered 503 at once, before their body is read); ``max_jobs`` caps the jobs queued or
+    running. Each scan also runs under the scan budget (``MLFLOW_SAFEFLAVOR_SCAN_*``, see
+    docs/migration.md) with its stream capped at ``max_upload_bytes``, decompressed.
     """
 
     host: str = DEFAULT_HOST
@@ -60,6 +71,9 @@ class UIConfig:
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024)
     ttl_seconds: float = DEFAULT_TTL_SECONDS
     workers: int = DEFAULT_WORKERS
+    max_held_bytes: int = int(DEFAULT_MAX_HELD_MB * 1024 * 1024)
+    max_scans: int = DEFAULT_MAX_SCANS
+    max_jobs: int = DEFAULT_MAX_JOBS
     trusted_types: str | None = None
     public_key: list[str] = field(default_factory=list)
     signing_key: str | None = None
@@ -74,6 +88,9 @@ class UIConfig:
             max_upload_bytes=int(env_number(ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB, minimum=0.001) * 1024 * 1024),
             ttl_seconds=env_number(ENV_TTL, DEFAULT_TTL_SECONDS, minimum=1),
             workers=int(env_number(ENV_WORKERS, DEFAULT_WORKERS, minimum=1)),
+            max_held_bytes=int(env_number(ENV_MAX_HELD_MB, DEFAULT_MAX_HELD_MB, minimum=0.001) * 1024 * 1024),
+            max_scans=int(env_number(ENV_MAX_SCANS, DEFAULT_MAX_SCANS, minimum=1)),
+            max_jobs=int(env_number(ENV_MAX_JOBS, DEFAULT_MAX_JOBS, minimum=1)),
         )
         for key, value in overrides.items():
             if not hasattr(config, key):

@@ -104,17 +104,30 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
 class JobRunner:
     """Runs work functions on a thread pool and keeps their outcome for polling."""
 
-    def __init__(self, workspace: Workspace, *, workers: int, ttl_seconds: float) -> None:
-        self.workspace, self.ttl = workspace, ttl_seconds
+    def __init__(self, workspace: Workspace, *, workers: int, ttl_seconds: float, max_jobs: int | None = None) -> None:
+        self.workspace, self.ttl, self.max_jobs = workspace, ttl_seconds, max_jobs
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="safeflavor-ui")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
     def submit(self, kind: str, title: str, work: Callable[[JobContext], dict[str, Any]],
                *, cleanup: Callable[[], None] | None = None) -> Job:
-        """Queue ``work(ctx)``; its return value becomes the job's result. ``cleanup`` runs after, always."""
+        """Queue ``work(ctx)``; its return value becomes the job's result. ``cleanup`` runs after, always.
+
+        Raises UploadRefused (503) when ``max_jobs`` jobs are already queued or running; ``cleanup``
+        then runs at once, so nothing the job would have owned stays behind.
+        """
+        from mlflow_safeflavor.ui.uploads import UploadRefused
+
         job = Job(id=new_id(), kind=kind, title=title)
         with self._lock:
+            busy = sum(j.state in ("queued", "running") for j in self._jobs.values())
+            if self.max_jobs is not None and busy >= self.max_jobs:
+                if cleanup is not None:
+                    cleanup()
+                raise UploadRefused(503, "TEMPORARILY_UNAVAILABLE",
+                                    f"{busy} jobs are queued or running, the most this page takes at once "
+                                    "(MLFLOW_SAFEFLAVOR_UI_MAX_JOBS); try again when some have finished.")
             self._jobs[job.id] = job
         self._pool.submit(self._run, job, work, cleanup)
         return job

@@ -79,10 +79,27 @@ class Workspace:
         path.mkdir(mode=0o700)
         return upload_id, path
 
-    def keep(self, upload: Upload) -> None:
-        """Hold an accepted upload until it is converted or its TTL passes."""
+    def keep(self, upload: Upload, *, max_held_bytes: int | None = None) -> bool:
+        """Hold an accepted upload until it is converted or its TTL passes.
+
+        Returns False (and holds nothing) when holding it would take the uploads waiting for a
+        conversion past ``max_held_bytes`` together: the caller deletes it and says so.
+        """
+        self.sweep()
+        size = sum(f.size for f in upload.files.values())
         with self._lock:
+            if max_held_bytes is not None and self._held_bytes() + size > max_held_bytes:
+                return False
             self._uploads[upload.id] = upload
+        return True
+
+    def _held_bytes(self) -> int:
+        return sum(f.size for u in self._uploads.values() for f in u.files.values())
+
+    def held_bytes(self) -> int:
+        """Bytes held on disk by the accepted uploads waiting for a conversion."""
+        with self._lock:
+            return self._held_bytes()
 
     def take(self, upload_id: object) -> Upload | None:
         """Remove and return a held upload (the caller deletes it after use), or None."""
