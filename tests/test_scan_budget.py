@@ -180,3 +180,38 @@ def test_isolated_scan_can_be_cancelled(monkeypatch):
     threading.Timer(0.5, cancel.set).start()
     report = scan_pickle(data=hp.none_pops(2, compress=False), isolated=True, cancel=cancel)
     assert not report.ok and "cancelled" in _problems(report)
+
+
+def test_convert_does_not_follow_a_symlinked_pickle(tmp_path):
+    import numpy as np
+
+    from mlflow_safeflavor.migrate import convert
+
+    real = tmp_path / "real.pkl"
+    real.write_bytes(pickle.dumps([1, 2]))
+    link = tmp_path / "link.pkl"
+    os.symlink(real, link)
+    with pytest.raises(InvalidArgumentError, match="symbolic link"):
+        convert(link, dest_path=tmp_path / "out", sample_input=np.zeros((2, 2)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_uri_only_never_reads_a_local_directory_named_like_the_uri(tmp_path, monkeypatch):
+    """``models:/churn/1`` as a relative path is a directory ``models:`` in the cwd; uri_only skips it."""
+    import mlflow
+
+    from mlflow_safeflavor.migrate import scan_source
+
+    local = tmp_path / "models:" / "churn" / "1"
+    local.mkdir(parents=True)
+    (local / "MLmodel").write_text("flavors:\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: pickle\n")
+    (local / "model.pkl").write_bytes(pickle.dumps([1, 2]))
+    monkeypatch.chdir(tmp_path)
+    assert scan_source("models:/churn/1").ok  # the CLI's reading: a local path first
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/empty.db")
+    try:
+        with pytest.raises(InvalidArgumentError, match="cannot be downloaded"):
+            scan_source("models:/churn/1", uri_only=True)
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -148,13 +148,23 @@ def scan_pickle(
         raise InvalidArgumentError("scan_pickle needs exactly one of path= or data=.")
     label = label or (str(path) if path is not None else "<bytes>")
     limits = ScanLimits.from_env()
-    if isolated:
-        from mlflow_safeflavor.migrate.isolated import scan_isolated
+    cap = stream_cap(max_bytes, max_bytes_setting, limits)
+    try:
+        if isolated:
+            from mlflow_safeflavor.migrate.isolated import scan_isolated
 
-        return scan_isolated(path, data=data, label=label, trusted_types=trusted_types, second_opinion=second_opinion,
-                             cap=stream_cap(max_bytes, max_bytes_setting, limits), limits=limits, cancel=cancel)
-    return _scan_in_process(path, data, label, trusted_types, second_opinion, stream_cap(max_bytes, max_bytes_setting, limits),
-                            Budget(limits, cancel=cancel, label=label), fickling_inline=False)
+            return scan_isolated(path, data=data, label=label, trusted_types=trusted_types, second_opinion=second_opinion,
+                                 cap=cap, limits=limits, cancel=cancel)
+        return _scan_in_process(path, data, label, trusted_types, second_opinion, cap,
+                                Budget(limits, cancel=cancel, label=label), fickling_inline=False)
+    except SafeFlavorError:
+        raise
+    except (Exception, MemoryError) as exc:  # the machinery around the scan (temp files, a child): still a refusal
+        report = ScanReport(source=label)
+        report.problem(f"{label}: the scan could not run to the end ({type(exc).__name__}: {str(exc)[:200]}); "
+                       "what it did not examine is refused")
+        report.budget_exceeded = isinstance(exc, MemoryError)
+        return report
 
 
 def _scan_in_process(path: Any, data: bytes | None, label: str, trusted_types: Any, second_opinion: bool,
