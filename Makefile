@@ -32,10 +32,19 @@ unit: $(BIN)/python
 integration: $(BIN)/python
 	$(BIN)/python -m pytest integration
 
-## fuzz: the long fuzzing profile (hypothesis; thousands of mutated models)
+## test-mlflow-next: the second CI leg — a subset (compat adapters, web page API, hardened mode,
+## registry gate and webhook, scoring servers) on the newest MLflow release in its own venv
+## (.venv-mlflow-$(MLFLOW_NEXT)); see scripts/mlflow-leg.sh for the install and the subset
+MLFLOW_NEXT ?= 3.18.0
+.PHONY: test-mlflow-next
+test-mlflow-next: sysdeps
+	PYTHON=$(PYTHON) ./scripts/mlflow-leg.sh $(MLFLOW_NEXT)
+
+## fuzz: the exploring profile: a random seed, FUZZ_PER_CODEC mutated models per codec (default
+## 10000), failures appended to tests/fuzz_corpus/ (which `make test` replays)
 fuzz: $(BIN)/python
 	$(PIP) install --quiet -e ".[dev]"
-	SAFEFLAVOR_FUZZ_EXAMPLES=$${SAFEFLAVOR_FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py --hypothesis-show-statistics -q
+	$(BIN)/python tests/fuzz_campaign.py --per-codec $${FUZZ_PER_CODEC:-10000} --jobs $${FUZZ_JOBS:-2} $${FUZZ_SEED:+--seed $$FUZZ_SEED}
 
 ## bench: print the save/load/predict comparison table (not a test)
 bench: $(BIN)/python

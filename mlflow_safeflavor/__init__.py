@@ -29,7 +29,7 @@ from mlflow_safeflavor.flavor import (
 from mlflow_safeflavor.migrate import convert, scan_pickle
 from mlflow_safeflavor.record import FLAVOR_NAME
 from mlflow_safeflavor.registry import PromotionRejectedError, promote
-from mlflow_safeflavor.signing import sign_model
+from mlflow_safeflavor.sign import sign_model
 from mlflow_safeflavor.spark import spark_udf  # imports pyspark only when called
 
 __all__ = [

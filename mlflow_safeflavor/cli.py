@@ -78,7 +78,7 @@ def verify_cmd(model_uri: str, public_keys: tuple[str, ...], trusted_types: str 
 @_trusted_option
 def sign_cmd(model_uri: str, private_key: str, password: str | None, trusted_types: str | None) -> None:
     """Sign every file of a safe-flavor model directory (writes model.sig) with model-signing, offline."""
-    from mlflow_safeflavor.signing import sign_model
+    from mlflow_safeflavor.sign import sign_model
 
     where = sign_model(model_uri, private_key, password=password, trusted_types=trusted_types)
     click.echo(f"signed {where}")
@@ -92,8 +92,11 @@ def sign_cmd(model_uri: str, private_key: str, password: str | None, trusted_typ
 @click.option("--timeout", default=None, type=int, help="Request timeout in seconds (MLflow's default if unset).")
 @click.option("--public-key", "public_keys", multiple=True, help="PEM public key; makes a valid signature mandatory (repeatable).")
 @_trusted_option
+@click.option("--backend", default=None, type=click.Choice(["auto", "onnx", "native"]),
+              help="Default MLFLOW_SAFEFLAVOR_BACKEND, else auto. auto: the ONNX export for batches where it is faster (derived from the verified checkpoint and "
+                   "cached when the model has none); onnx: the export, or refuse to start; native: the checkpoint, bit for bit.")
 def serve_cmd(model_uri: str, host: str, port: int, workers: int, timeout: int | None,
-              public_keys: tuple[str, ...], trusted_types: str | None) -> None:
+              public_keys: tuple[str, ...], trusted_types: str | None, backend: str | None) -> None:
     """Serve a model with MLflow's scoring protocol, loaded by our verifying loader (never loader_module).
 
     A model that fails any check makes the command exit 1 with the reason before anything listens.
@@ -101,7 +104,7 @@ def serve_cmd(model_uri: str, host: str, port: int, workers: int, timeout: int |
     from mlflow_safeflavor.serving import serve
 
     serve(model_uri, host=host, port=port, workers=workers, public_key=list(public_keys) or None,
-          trusted_types=trusted_types, timeout=timeout)
+          trusted_types=trusted_types, timeout=timeout, backend=backend)
 
 
 @main.command("promote")

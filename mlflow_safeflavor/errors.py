@@ -7,6 +7,8 @@ a caller can tell a tampered model from a bad argument.
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
 
@@ -76,3 +78,17 @@ class PickleRefusedError(UntrustedTypesError):
 class ConversionError(SafeFlavorError):
     """A conversion ran but its result cannot be trusted: predictions differ, or the isolated
     conversion process crashed or timed out. Nothing was written or registered."""
+
+
+class MissingDependencyError(SafeFlavorError):
+    """Building the model needs a Python package that is not installed where it is loaded."""
+
+
+class PromotionRejectedError(SafeFlavorError):
+    """A model version failed the gate: it gets no protected alias and a ``safeflavor.rejected`` tag."""
+
+    default_error_code = PERMISSION_DENIED
+
+    def __init__(self, message: str, *, failed: Iterable[str] = (), **kwargs: Any) -> None:
+        self.failed = list(failed)
+        super().__init__(message, **kwargs)

@@ -1,8 +1,10 @@
 """save_model / log_model / load_model / load_pyfunc and the pyfunc wrapper.
 
-Loading reads as six steps: read MLmodel → verify integrity (read each file once, check digests) →
-inspect the payload (what it needs trusted) → policy check → codec load → wrap. Nothing named by
-the artifact is imported before the policy check passes; codecs and classes come from fixed tables.
+This module is MLflow's surface; the load engine lives below it in :mod:`mlflow_safeflavor.loader`
+(download with the registry tag check, then the decision steps — files, signature, MLmodel, pyfunc
+configuration, record, digests, payload inspection, trust, build — that ``verify``, ``inspect``,
+the gate and Spark run too). Nothing named by the artifact is imported before the trust decision
+passes; codecs and classes come from fixed tables.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from mlflow_safeflavor import envfiles, integrity
+from mlflow_safeflavor import loader as _loader
 from mlflow_safeflavor import export as _export
 from mlflow_safeflavor import policy as _policy
 from mlflow_safeflavor._version import __version__
-from mlflow_safeflavor.codecs import codec_for, get_codec
+from mlflow_safeflavor.codecs import codec_for
 from mlflow_safeflavor.codecs.base import PREDICT_METHODS, Codec
 from mlflow_safeflavor.errors import (
     InvalidArgumentError,
@@ -28,11 +30,11 @@ from mlflow_safeflavor.errors import (
     SafeFlavorError,
     UnsupportedModelError,
 )
-from mlflow_safeflavor.record import FLAVOR_NAME, FORMAT_VERSION, Record, parse_record, read_mlmodel
+from mlflow_safeflavor.record import FLAVOR_NAME, FORMAT_VERSION, parse_record
 from mlflow_safeflavor.validate.skops_zip import looks_like_pickle
 
 _logger = logging.getLogger(__name__)
-LOADER_MODULE = "mlflow_safeflavor"
+LOADER_MODULE = _loader.LOADER_MODULE
 # Keys MLflow's Model.log forwards to every flavor's save_model; they do not concern storage.
 _IGNORED_SAVE_KWARGS = {"validate_serving_input", "prompts", "resources", "auth_policy", "serving_input"}
 BACKENDS = ("auto", "native", "onnx")
@@ -280,94 +282,9 @@ def _self_module() -> Any:
 # ----------------------------------------------------------------------------------------- load
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """Everything known about a model directory before any model object is built."""
-
-    root: Path
-    mlmodel: dict[str, Any]
-    record: Record
-    blobs: dict[str, bytes]
-    codec: Codec
-    decision: _policy.TrustDecision
-    signature: Any = None
-
-
-def model_root(local_path: str | os.PathLike) -> Path:
-    """The model directory for a local path that is the directory or a file directly inside it."""
-    path = Path(os.path.abspath(os.fspath(local_path)))
-    if path.is_file():
-        path = path.parent
-    if not path.is_dir():
-        raise MalformedArtifactError(f"{path}: no such model directory.", path=str(path))
-    return path
-
-
-def prepare(
-    local_path: str | os.PathLike,
-    *,
-    trusted_types: Iterable[str] | None = None,
-    public_key: Any = None,
-    require_signature: bool | None = None,
-) -> Prepared:
-    """Read, verify and decide on a local model directory; build nothing.
-
-    Order: MLmodel read → signature (when keys are configured) → MLmodel schema → digests →
-    payload inspection → trust decision. Raises SignatureError / IntegrityError /
-    MalformedArtifactError on the way; the trust decision is returned (not enforced) so callers
-    such as ``inspect`` can report it.
-    """
-    from mlflow_safeflavor import signing
-
-    root = model_root(local_path)
-    files = integrity.ModelFiles(root)
-    mlmodel = read_mlmodel(root, files)
-    keys = signing.configured_keys(public_key) if require_signature is not False else []
-    if require_signature and not keys:
-        raise InvalidArgumentError("a signature is required but no public key is configured.")
-    sig = signing.verify_directory(files, keys) if keys else None
-    record = parse_record(mlmodel, root=root)
-    _check_pyfunc_conf(mlmodel, root)
-    blobs = integrity.verify_digests(files, record.files)
-    codec = get_codec(record.codec, path=str(root))
-    required = codec.required_types(blobs, record, path=str(root))
-    decision = _policy.decide(required, record.trusted_types, _policy.loading_policy(trusted_types))
-    return Prepared(root, mlmodel, record, blobs, codec, decision, sig)
-
-
-def _check_pyfunc_conf(mlmodel: dict[str, Any], root: Path) -> None:
-    """Refuse what save_model never writes: a foreign loader_module, shipped code, a code/ dir.
-
-    Our loaders would not run any of it, but such a model was rewritten by someone, and
-    ``mlflow.pyfunc.load_model`` on the same directory would run it.
-    """
-    flavors = mlmodel.get("flavors") if isinstance(mlmodel.get("flavors"), dict) else {}
-    conf = flavors.get("python_function")
-    problems = []
-    if conf is not None:
-        if not isinstance(conf, dict) or conf.get("loader_module") != LOADER_MODULE:
-            loader = conf.get("loader_module") if isinstance(conf, dict) else conf
-            problems.append(f"python_function.loader_module is {loader!r}, not {LOADER_MODULE!r}")
-        elif conf.get("code") or conf.get("model_code_path"):
-            problems.append("python_function ships code")
-    if os.path.lexists(root / "code"):
-        problems.append("the directory contains code/")
-    if problems:
-        raise MalformedArtifactError(
-            f"{root}/MLmodel: {'; '.join(problems)}. mlflow_safeflavor.save_model never writes "
-            "this; the model was rewritten. Do not load it with mlflow.pyfunc.load_model (which "
-            "would run that code); obtain the original model.",
-            path=str(root),
-        )
-
-
-def _load_local(
-    local_path: str | os.PathLike, trusted_types: Iterable[str] | None, public_key: Any = None
-) -> tuple[Any, Prepared]:
-    prep = prepare(local_path, trusted_types=trusted_types, public_key=public_key)
-    _policy.enforce(prep.decision, path=str(prep.root))
-    model = prep.codec.load(prep.blobs, prep.record, trusted=list(prep.decision.required), path=str(prep.root))
-    return model, prep
+def _load_local(local_path: str | os.PathLike, trusted_types: Iterable[str] | None, public_key: Any = None) -> Any:
+    """Run every decision step on a local directory (raising at the first failure); the Progress holds the model."""
+    return _loader.load_local(local_path, _loader.Options(trusted_types=trusted_types, public_key=public_key))
 
 
 def _resolve_backend(backend: Any, *, source: str = "backend=") -> str:
@@ -379,7 +296,7 @@ def _resolve_backend(backend: Any, *, source: str = "backend=") -> str:
     return backend
 
 
-def _onnx_runner(prep: Prepared, backend: str) -> Any:
+def _onnx_runner(prep: _loader.Progress, backend: str) -> Any:
     """The verified onnxruntime runner for the model's export, or None when it is not to be used.
 
     "native" never touches the export. "auto" uses it when it agreed at save time and the onnx
@@ -413,22 +330,6 @@ def _onnx_runner(prep: Prepared, backend: str) -> Any:
     return OnnxRunner(prep.blobs[spec.file], spec.spec(), path=where)
 
 
-def _download(model_uri: str, dst_path: str | None = None, *, check_registry: bool = False) -> str:
-    from mlflow.artifacts import download_artifacts
-
-    if not isinstance(model_uri, (str, os.PathLike)):
-        raise InvalidArgumentError(f"model_uri must be a string, got {type(model_uri).__name__}.")
-    # models:/name@alias and models:/name/version: resolved once and downloaded as exactly the
-    # stored files (MLflow's own models:/ download adds a registered_model_meta file no signature
-    # covers); with check_registry, also compared with the version's safeflavor.verified tag.
-    from mlflow_safeflavor.registry.store import download_registered
-
-    local = download_registered(os.fspath(model_uri), dst_path, check_tag=check_registry)
-    if local is not None:
-        return local
-    return download_artifacts(artifact_uri=os.fspath(model_uri), dst_path=dst_path)
-
-
 def load_model(
     model_uri: str,
     *,
@@ -453,7 +354,8 @@ def load_model(
     returns that object when the export is usable, falling back per call, else the native model.
     """
     backend = _resolve_backend(backend)
-    model, prep = _load_local(_download(model_uri, dst_path, check_registry=True), trusted_types, public_key)
+    prep = _load_local(_loader.download(model_uri, dst_path), trusted_types, public_key)
+    model = prep.model
     runner = _onnx_runner(prep, backend)
     if runner is None:
         return model
@@ -482,7 +384,7 @@ def load_pyfunc(
     from mlflow.pyfunc import PyFuncModel
 
     backend = _resolve_backend(backend)
-    model, prep = _load_local(_download(model_uri, dst_path, check_registry=True), trusted_types, public_key)
+    prep = _load_local(_loader.download(model_uri, dst_path), trusted_types, public_key)
     runner = _onnx_runner(prep, backend)
     try:
         meta = Model.from_dict(prep.mlmodel)
@@ -492,7 +394,7 @@ def load_pyfunc(
             f"{str(exc)[:200]}). Re-save the model.",
             path=str(prep.root),
         ) from None
-    impl = SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method, onnx=runner, backend=backend)
+    impl = SafeFlavorPyfunc(prep.model, prep.codec, prep.record.predict_method, onnx=runner, backend=backend)
     return PyFuncModel(model_meta=meta, model_impl=impl)
 
 
@@ -508,9 +410,9 @@ def _load_pyfunc(path: str, model_config: Any = None) -> "SafeFlavorPyfunc":
         backend = _resolve_backend(None)
     else:
         backend = _resolve_backend(chosen, source="model_config backend=")
-    model, prep = _load_local(path, None)
+    prep = _load_local(path, None)
     runner = _onnx_runner(prep, backend)
-    return SafeFlavorPyfunc(model, prep.codec, prep.record.predict_method, onnx=runner, backend=backend)
+    return SafeFlavorPyfunc(prep.model, prep.codec, prep.record.predict_method, onnx=runner, backend=backend)
 
 
 # -------------------------------------------------------------------------------------- pyfunc

@@ -14,7 +14,10 @@ import re
 import stat
 from pathlib import Path
 
-from mlflow_safeflavor.errors import IntegrityError, MalformedArtifactError
+from dataclasses import dataclass
+from typing import Iterable
+
+from mlflow_safeflavor.errors import IntegrityError, InvalidArgumentError, MalformedArtifactError, SafeFlavorError
 
 ENV_MAX_FILE_BYTES = "MLFLOW_SAFEFLAVOR_MAX_FILE_BYTES"
 ENV_MAX_TOTAL_BYTES = "MLFLOW_SAFEFLAVOR_MAX_TOTAL_BYTES"
@@ -38,7 +41,10 @@ def _cap(env: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise MalformedArtifactError(f"{env}={raw!r} is not an integer number of bytes.") from None
+        raise InvalidArgumentError(
+            f"{env}={raw!r} is not an integer number of bytes; set it to a whole number (e.g. "
+            f"{default}) or unset it."
+        ) from None
     return max(value, 1)
 
 
@@ -177,6 +183,16 @@ class ModelFiles:
             self._cache[name] = data
         return self._cache[name]
 
+    def head(self, name: str, size: int) -> bytes:
+        """The first ``size`` bytes of a listed file (from the cache when it was read whole)."""
+        if name in self._cache:
+            return self._cache[name][:size]
+        fd = _open_regular(self.root, name)
+        try:
+            return os.read(fd, size)
+        finally:
+            os.close(fd)
+
     def listing(self) -> list[str]:
         """Every file under the root as a relative name, refusing symlinks and special files.
 
@@ -208,14 +224,28 @@ class ModelFiles:
         return sorted(out)
 
 
-def verify_digests(files: ModelFiles, digests: dict[str, str]) -> dict[str, bytes]:
-    """Check every ``name -> sha256:…`` of ``digests`` against the bytes read and return them.
+@dataclass
+class FileCheck:
+    """One payload file's digest check: the recorded and actual digests, the bytes, or the error."""
 
-    Raises IntegrityError on a missing file, a mismatch, a disallowed file kind or a size cap.
-    """
+    name: str
+    recorded: str
+    actual: str | None = None
+    data: bytes | None = None
+    error: SafeFlavorError | None = None
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``mismatch`` (read, wrong digest) or ``refused`` (not read: bad name, kind or size)."""
+        if self.error is None:
+            return "ok"
+        return "mismatch" if self.actual is not None else "refused"
+
+
+def _check_one(files: ModelFiles, name: str, expected: object) -> FileCheck:
     root = files.root
-    out: dict[str, bytes] = {}
-    for name, expected in digests.items():
+    check = FileCheck(str(name), str(expected))
+    try:
         check_relative_name(name, root=root)
         if not isinstance(expected, str) or not _DIGEST.match(expected):
             raise MalformedArtifactError(
@@ -223,15 +253,46 @@ def verify_digests(files: ModelFiles, digests: dict[str, str]) -> dict[str, byte
                 "Re-save the model with mlflow_safeflavor.save_model."
             )
         data = files.read(name)
-        actual = sha256_digest(data)
-        if not hmac.compare_digest(actual, expected):
-            raise IntegrityError(
-                f"{root / name}: digest mismatch (MLmodel records {expected}, the file hashes to "
-                f"{actual}). The file was changed after saving; do not load it — obtain the "
-                "original model or re-save it."
-            )
-        out[name] = data
+    except SafeFlavorError as exc:
+        check.error = exc
+        return check
+    check.actual = sha256_digest(data)
+    if hmac.compare_digest(check.actual, expected):
+        check.data = data
+    else:
+        check.error = IntegrityError(
+            f"{root / name}: digest mismatch (MLmodel records {expected}, the file hashes to "
+            f"{check.actual}). The file was changed after saving; do not load it — obtain the "
+            "original model or re-save it."
+        )
+    return check
+
+
+def check_digests(files: ModelFiles, digests: dict[str, str]) -> list[FileCheck]:
+    """Check every ``name -> sha256:…`` of ``digests`` against the bytes read; never raises for the artifact.
+
+    Each :class:`FileCheck` holds the bytes when they match, else the error a loader raises (a
+    missing file, a mismatch, a disallowed file kind or a size cap).
+    """
+    return [_check_one(files, name, expected) for name, expected in digests.items()]
+
+
+def verify_digests(files: ModelFiles, digests: dict[str, str]) -> dict[str, bytes]:
+    """Return the bytes of every file in ``digests`` after :func:`check_digests`; raise the first failure."""
+    out: dict[str, bytes] = {}
+    for check in check_digests(files, digests):
+        if check.error is not None:
+            raise check.error
+        out[check.name] = check.data  # type: ignore[assignment]
     return out
+
+
+def tree_digest(files: ModelFiles, names: Iterable[str]) -> str:
+    """One SHA-256 over every named file: ``sha256(name NUL sha256(file) LF ...)``, names sorted."""
+    h = hashlib.sha256()
+    for name in sorted(names):
+        h.update(name.encode("utf-8") + b"\0" + sha256_digest(files.read(name, listed=True)).encode() + b"\n")
+    return "sha256:" + h.hexdigest()
 
 
 def read_verified(root: Path, digests: dict[str, str]) -> dict[str, bytes]:

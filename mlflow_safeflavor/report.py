@@ -1,21 +1,20 @@
 """A non-raising look at a model directory: what the loader would check and decide.
 
-``inspect_model`` runs the same steps as loading up to (not including) building the model, and
-records each outcome instead of stopping at the first failure, so a person can see everything
-that is wrong at once.
+``inspect_model`` runs the loader's own steps (:mod:`mlflow_safeflavor.loader`) up to the trust
+decision, not building the model, and records each outcome instead of stopping at the first
+failure, so a person can see everything that is wrong at once.
 """
 
 from __future__ import annotations
 
-import hmac
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mlflow_safeflavor import integrity, policy
-from mlflow_safeflavor.codecs import get_codec
+from mlflow_safeflavor import loader as _loader
 from mlflow_safeflavor.errors import SafeFlavorError
-from mlflow_safeflavor.record import FLAVOR_NAME, parse_record, read_mlmodel
+from mlflow_safeflavor.record import FLAVOR_NAME
 
 
 @dataclass
@@ -56,53 +55,52 @@ class Inspection:
         return {**asdict(self), "would_load": self.would_load}
 
 
-def inspect_local(path: str | Path, *, trusted_types: Iterable[str] | None = None) -> Inspection:
-    """Inspect a local model directory; never raises for problems in the artifact."""
-    root = Path(path).resolve()
+def inspect_local(
+    path: str | Path,
+    *,
+    trusted_types: Iterable[str] | None = None,
+    public_key: Any = None,
+) -> Inspection:
+    """Inspect a local model directory by the loader's steps, up to the trust decision; never raises for the artifact.
+
+    The same steps as ``load_model`` (files, signature, MLmodel, pyfunc configuration, record,
+    digests, payload inspection, trust) run in the same order; the model is not built. A model
+    ``load_model`` would refuse at one of those steps never reports "would load".
+    """
+    root = Path(os.path.abspath(os.fspath(path)))
     report = Inspection(root=str(root))
+
+    def record(step: str, ok: bool, detail: str) -> None:
+        # Digest failures are listed per file below; the trust verdict is ``decision``.
+        if not ok and step not in ("digests", "trust"):
+            report.errors.append(detail)
+
     try:
-        doc = read_mlmodel(root)
+        progress = _loader.run(root, _loader.Options(trusted_types=trusted_types, public_key=public_key),
+                               until="trust", record=record)
     except SafeFlavorError as exc:
         report.errors.append(exc.message)
         return report
-    flavors = doc.get("flavors") if isinstance(doc.get("flavors"), dict) else {}
+    flavors = progress.mlmodel.get("flavors") if isinstance(progress.mlmodel.get("flavors"), dict) else {}
     report.flavors = sorted(str(k) for k in flavors)
     pyfunc = flavors.get("python_function")
     report.loader_module = pyfunc.get("loader_module") if isinstance(pyfunc, dict) else None
-    try:
-        record = parse_record(doc, root=root)
-    except SafeFlavorError as exc:
-        report.errors.append(exc.message)
-        return report
-    report.codec, report.model_class = record.codec, record.model_class
-    report.library_versions, report.predict_method = record.library_versions, record.predict_method
-    report.declared = list(record.trusted_types)
-    blobs: dict[str, bytes] = {}
-    for name, recorded in record.files.items():
-        try:
-            data = integrity.read_file(root, name)
-        except SafeFlavorError as exc:
-            report.files.append(FileStatus(name, str(recorded), None, "refused", exc.message))
-            report.errors.append(exc.message)
-            continue
-        actual = integrity.sha256_digest(data)
-        if isinstance(recorded, str) and hmac.compare_digest(actual, recorded):
-            report.files.append(FileStatus(name, recorded, actual, "ok"))
-            blobs[name] = data
-        else:
-            report.files.append(FileStatus(name, str(recorded), actual, "mismatch"))
-            report.errors.append(f"{root / name}: digest mismatch")
-    if report.errors:
-        return report
-    try:
-        codec = get_codec(record.codec, path=str(root))
-        required = codec.required_types(blobs, record, path=str(root))
-    except SafeFlavorError as exc:
-        report.errors.append(exc.message)
-        return report
-    report.required = sorted(required)
-    decision = policy.decide(required, record.trusted_types, policy.loading_policy(trusted_types))
-    report.decision = decision.explain()
+    rec = progress.record
+    if rec is not None:
+        report.codec, report.model_class = rec.codec, rec.model_class
+        report.library_versions, report.predict_method = rec.library_versions, rec.predict_method
+        report.declared = list(rec.trusted_types)
+    for check in progress.digests:
+        problem = check.error.message if check.error is not None else None
+        report.files.append(FileStatus(check.name, check.recorded, check.actual, check.status, problem))
+        if check.status == "mismatch":
+            report.errors.append(f"{root / check.name}: digest mismatch")
+        elif problem:
+            report.errors.append(problem)
+    if progress.required is not None:
+        report.required = sorted(progress.required)
+    if progress.decision is not None:
+        report.decision = progress.decision.explain()
     return report
 
 
@@ -113,9 +111,7 @@ def inspect_model(model_uri: str, *, trusted_types: Iterable[str] | None = None,
     trust lists and what this process's policy would decide; artifact problems are recorded in
     ``errors`` rather than raised.
     """
-    from mlflow_safeflavor.flavor import _download
-
-    return inspect_local(_download(model_uri, dst_path), trusted_types=trusted_types)
+    return inspect_local(_loader.download(model_uri, dst_path), trusted_types=trusted_types)
 
 
 def format_inspection(report: Inspection) -> str:

@@ -15,6 +15,7 @@ import tempfile
 from typing import Any, Iterable
 
 ENV_SERVE_MODEL = "MLFLOW_SAFEFLAVOR_SERVE_MODEL"
+ENV_SERVE_BACKEND = "MLFLOW_SAFEFLAVOR_SERVE_BACKEND"
 
 
 def _app_for(model: Any) -> Any:
@@ -158,7 +159,34 @@ def create_app() -> Any:
     """
     from mlflow_safeflavor.flavor import load_pyfunc
 
-    return _app_for(load_pyfunc(os.environ[ENV_SERVE_MODEL]))
+    backend = os.environ.get(ENV_SERVE_BACKEND, "auto")
+    local = os.environ[ENV_SERVE_MODEL]
+    model = load_pyfunc(local, backend="native" if backend == "native" else "auto")
+    return _app_for(_with_export(model, local, backend, None, None))
+
+
+def _with_export(model: Any, local: str, backend: str, trusted_types: Any, public_key: Any) -> Any:
+    """Set the served backend; under auto/onnx, derive the export a model saved without one lacks.
+
+    ``model`` was loaded with backend "auto" (or "native"), so an export in the artifact that
+    agreed is already in use. Otherwise the checks run again up to the trust decision (nothing is
+    built twice) and :func:`mlflow_safeflavor.export.derive.derived_runner` converts the verified
+    checkpoint bytes, or takes the export from its local cache.
+    """
+    impl = getattr(model, "_model_impl", None)
+    from mlflow_safeflavor.flavor import SafeFlavorPyfunc
+
+    if not isinstance(impl, SafeFlavorPyfunc):
+        return model
+    impl.backend = backend
+    if backend == "native" or impl.onnx is not None:
+        return model
+    from mlflow_safeflavor.export.derive import derived_runner
+    from mlflow_safeflavor.loader import Options, check_local
+
+    progress = check_local(local, Options(trusted_types=trusted_types, public_key=public_key))
+    impl.onnx = derived_runner(progress, strict=backend == "onnx")
+    return model
 
 
 def _name_source(exc: Any, local: str, model_uri: str) -> None:
@@ -180,24 +208,32 @@ def serve(
     public_key: Any = None,
     trusted_types: Iterable[str] | str | None = None,
     timeout: int | None = None,
+    backend: str | None = None,
 ) -> None:
     """Serve a safe-flavor model with MLflow's scoring protocol; refuse to start on any failed check.
 
     The model is downloaded and fully verified before the server binds its port: a refused model
     raises a SafeFlavorError (the CLI turns it into a message and exit code 1) and nothing serves.
-    With ``workers > 1`` each uvicorn worker loads and verifies the model again.
+    With ``workers > 1`` each uvicorn worker loads and verifies the model again. ``backend`` (None:
+    ``$MLFLOW_SAFEFLAVOR_BACKEND``, else "auto") is the default for requests that do not say: "auto" (the ONNX export for batches where it is
+    faster, derived from the verified checkpoint and cached locally when the model was saved
+    without one), "onnx" (the export, or refuse to start when none can be made) or "native".
     """
     import uvicorn
 
     from mlflow_safeflavor import policy, signing
     from mlflow_safeflavor.errors import SafeFlavorError
-    from mlflow_safeflavor.flavor import _download, load_pyfunc
+    from mlflow_safeflavor.flavor import _resolve_backend, load_pyfunc
+    from mlflow_safeflavor.loader import download
 
     tmp = tempfile.mkdtemp(prefix="safeflavor-serve-")
     try:
-        local = _download(model_uri, tmp, check_registry=True)
+        backend = _resolve_backend(backend, source="--backend ")
+        local = download(model_uri, tmp)
         try:
-            model = load_pyfunc(local, trusted_types=trusted_types, public_key=public_key)
+            model = load_pyfunc(local, trusted_types=trusted_types, public_key=public_key,
+                                backend="native" if backend == "native" else "auto")
+            _with_export(model, local, backend, trusted_types, public_key)
         except SafeFlavorError as exc:
             _name_source(exc, local, model_uri)
             raise
@@ -215,6 +251,7 @@ def serve(
         if keys:
             os.environ[signing.ENV_PUBLIC_KEY] = ",".join(str(k.resolve()) for k in keys)
         os.environ[ENV_SERVE_MODEL] = local
+        os.environ[ENV_SERVE_BACKEND] = backend  # workers find a derived export in the cache
         uvicorn.run("mlflow_safeflavor.serving:create_app", factory=True, host=host, port=port,
                     workers=workers, log_level="warning")
     finally:

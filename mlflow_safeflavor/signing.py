@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -147,67 +145,3 @@ def verify_directory(files: integrity.ModelFiles, keys: list[Path]) -> Signature
                 path=str(root),
             )
     return SignatureResult(key=str(matched), files=len(present))
-
-
-def sign_model(
-    model_uri_or_path: str | os.PathLike,
-    private_key: str | os.PathLike,
-    *,
-    password: str | None = None,
-    trusted_types: Iterable[str] | None = None,
-) -> str:
-    """Sign a safe-flavor model with an elliptic-curve private key (PEM), offline.
-
-    A local directory is signed in place; any other MLflow URI (``runs:/``, ``models:/``, ...) is
-    downloaded, signed, and ``model.sig`` is uploaded next to the model's artifacts. The model is
-    verified first (digests and trust decision under this process's policy), so a tampered model is
-    never signed. Returns the path or URI that now holds the signature.
-    """
-    _require_library()
-    from model_signing import signing
-
-    from mlflow_safeflavor.flavor import _download, prepare
-    from mlflow_safeflavor.policy import enforce
-
-    key = Path(os.fspath(private_key))
-    if not key.is_file():
-        raise InvalidArgumentError(f"private key {key} is not a readable PEM file.")
-    target = os.fspath(model_uri_or_path)
-    local = Path(target) if Path(target).is_dir() else None
-    tmp = None
-    try:
-        if local is None:
-            tmp = tempfile.mkdtemp(prefix="safeflavor-sign-")
-            local = Path(_download(target, tmp))
-        prep = prepare(local, trusted_types=trusted_types, require_signature=False)
-        enforce(prep.decision, path=str(prep.root))
-        sig_path = prep.root / SIGNATURE_FILE
-        if sig_path.exists() or sig_path.is_symlink():
-            sig_path.unlink()
-        # Hash and sign into a temporary name outside the directory, then move into place, so the
-        # signature never covers itself or a half-written file.
-        with tempfile.TemporaryDirectory() as sig_tmp:
-            out = Path(sig_tmp) / SIGNATURE_FILE
-            try:
-                signing.Config().use_elliptic_key_signer(private_key=key, password=password).set_hashing_config(
-                    hashing_config()
-                ).sign(prep.root, out)
-            except Exception as exc:
-                raise SignatureError(f"signing {prep.root} failed: {type(exc).__name__}: {str(exc)[:300]}") from None
-            shutil.move(str(out), sig_path)
-        if tmp is None:
-            return str(prep.root)
-        _upload_signature(target, sig_path)
-        return target
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _upload_signature(model_uri: str, sig_path: Path) -> None:
-    """Put ``model.sig`` next to the artifacts that ``model_uri`` points at."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-
-    uri = ModelsArtifactRepository.get_underlying_uri(model_uri) if model_uri.startswith("models:/") else model_uri
-    get_artifact_repository(uri).log_artifact(str(sig_path))

@@ -81,7 +81,7 @@ def spark_udf(
     from mlflow_safeflavor import policy, signing
     from mlflow_safeflavor.codecs.base import PREDICT_METHODS
     from mlflow_safeflavor.errors import IntegrityError, InvalidArgumentError, MalformedArtifactError
-    from mlflow_safeflavor.flavor import _download, model_root, prepare
+    from mlflow_safeflavor import loader
 
     if env_manager != "local":
         raise InvalidArgumentError(
@@ -109,12 +109,13 @@ def spark_udf(
 
     dst = tempfile.mkdtemp(prefix="safeflavor-spark-")
     atexit.register(shutil.rmtree, dst, True)
-    root = model_root(_download(model_uri, dst))
+    root = loader.model_root(loader.download(model_uri, dst))
     # Verify on the driver (no model is built): a refused model fails here, not in a task. The
     # MLmodel digest pinned for the executors is taken on both sides of the check.
     mlmodel_sha = _sha256_file(root / "MLmodel")
-    prep = prepare(root, trusted_types=list(trusted), public_key=[str(p) for p in key_paths] or None)
-    policy.enforce(prep.decision, path=str(root))
+    prep = loader.check_local(
+        root, loader.Options(trusted_types=list(trusted), public_key=[str(p) for p in key_paths] or None)
+    )
     if _sha256_file(root / "MLmodel") != mlmodel_sha:
         raise IntegrityError(f"{root}/MLmodel changed while it was being verified.", path=str(root))
     try:

@@ -43,13 +43,17 @@ def handle(req: dict) -> dict:
             model = sf.load_pyfunc(req["path"], **kwargs)
         else:
             model = mlflow.pyfunc.load_model(req["path"])
-        preds = _predict(model, X) if X is not None else None
-        return {"outcome": "loaded", "predictions": preds}
     except sf.SafeFlavorError as exc:
         return {"outcome": "refused", "type": type(exc).__name__, "message": exc.message}
     except BaseException as exc:  # noqa: BLE001 - the point is to report anything else
         return {"outcome": "other", "type": type(exc).__name__, "message": str(exc)[:500],
                 "traceback": traceback.format_exc()[-2000:]}
+    # Predicting is reported apart from loading: a model that loaded may still refuse an input.
+    try:
+        preds = _predict(model, X) if X is not None else None
+        return {"outcome": "loaded", "predictions": preds}
+    except BaseException as exc:  # noqa: BLE001
+        return {"outcome": "loaded", "predict_error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
 
 
 def main() -> None:

@@ -12,15 +12,15 @@ Three enforcement points share one definition of "verified" (:mod:`.core`):
 Modules import MLflow's server and FastAPI pieces lazily, so importing this package stays cheap.
 """
 
-from mlflow_safeflavor.registry.core import (
+from mlflow_safeflavor.errors import PromotionRejectedError
+from mlflow_safeflavor.registry.core import protected_aliases
+from mlflow_safeflavor.loader.versions import (
     TAG_POLICY,
     TAG_REJECTED,
     TAG_REJECTED_AT,
     TAG_VERIFIED,
     TAG_VERIFIED_AT,
-    PromotionRejectedError,
     artifact_digest,
-    protected_aliases,
 )
 from mlflow_safeflavor.registry.promote import PromotionResult, promote
 

@@ -20,29 +20,22 @@ from typing import Any, Iterable
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
 from mlflow_safeflavor import integrity
-from mlflow_safeflavor.errors import InvalidArgumentError, SafeFlavorError
+from mlflow_safeflavor.errors import InvalidArgumentError, PromotionRejectedError, SafeFlavorError
 
-TAG_VERIFIED = "safeflavor.verified"
-TAG_VERIFIED_AT = "safeflavor.verified_at"
-TAG_POLICY = "safeflavor.policy"
-TAG_REJECTED = "safeflavor.rejected"
-TAG_REJECTED_AT = "safeflavor.rejected_at"
+from mlflow_safeflavor.loader.versions import (  # re-exported: the tag names live with the download that checks them
+    TAG_POLICY,
+    TAG_REJECTED,
+    TAG_REJECTED_AT,
+    TAG_VERIFIED,
+    TAG_VERIFIED_AT,
+    artifact_digest,
+)
 
 ENV_PROTECTED_ALIASES = "MLFLOW_SAFEFLAVOR_PROTECTED_ALIASES"
 DEFAULT_PROTECTED_ALIASES = frozenset({"champion", "production"})
 ENV_GATE_SMOKE_TEST = "MLFLOW_SAFEFLAVOR_GATE_SMOKE_TEST"
 # MLflow allows 100k characters per tag value; reasons are cut well below that to stay readable.
 MAX_REASON_CHARS = 4000
-
-
-class PromotionRejectedError(SafeFlavorError):
-    """A model version failed the gate: it gets no protected alias and a ``safeflavor.rejected`` tag."""
-
-    default_error_code = PERMISSION_DENIED
-
-    def __init__(self, message: str, *, failed: Iterable[str] = (), **kwargs: Any) -> None:
-        self.failed = list(failed)
-        super().__init__(message, **kwargs)
 
 
 def protected_aliases(value: str | Iterable[str] | None = None) -> frozenset[str]:
@@ -76,19 +69,6 @@ def is_prompt_placeholder(uri: Any) -> bool:
     from mlflow_safeflavor._mlflow_compat import prompt_source_placeholders
 
     return isinstance(uri, str) and uri in prompt_source_placeholders()
-
-
-def artifact_digest(root: str | os.PathLike) -> str:
-    """The ``safeflavor.verified`` digest of a local copy of a version's artifacts.
-
-    ``sha256(name NUL sha256(file) LF ...)`` over every regular file, names sorted, ``model.sig``
-    excluded (see the module docstring); symlinks and special files are refused with IntegrityError.
-    """
-    from mlflow_safeflavor.signing import SIGNATURE_FILE
-    from mlflow_safeflavor.verify import tree_digest
-
-    files = integrity.ModelFiles(Path(os.path.abspath(os.fspath(root))))
-    return tree_digest(files, [n for n in files.listing() if n != SIGNATURE_FILE])
 
 
 def key_fingerprint(pem_path: str | os.PathLike, *, private: bool = False, password: str | None = None) -> str:

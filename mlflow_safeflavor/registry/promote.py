@@ -145,7 +145,8 @@ def _check_alias(name: str, version: str, alias: str) -> None:
 def _sign(client: Any, name: str, version: str, local: str, key: Any, password: str | None,
           trusted_types: Any) -> None:
     """Sign the very files that were verified and upload ``model.sig`` next to the stored artifacts."""
-    from mlflow_safeflavor.signing import SIGNATURE_FILE, sign_model
+    from mlflow_safeflavor.sign import sign_model
+    from mlflow_safeflavor.signing import SIGNATURE_FILE
 
     # Signing the local copy (not re-downloading the URI) means the signature covers exactly the
     # bytes this promotion verified, even if someone writes to the store meanwhile.
