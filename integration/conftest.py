@@ -100,12 +100,14 @@ def start_mlflow_server(
     extra_env: dict[str, str] | None = None,
     backend_store_uri: str | None = None,
     workers: int = 1,
+    extra_args: list[str] | None = None,
 ) -> MlflowServer:
     """Start ``mlflow server`` on a free port with proxied artifacts under ``root``.
 
     Does not wait for it (see :func:`wait_healthy`). The store is a sqlite file under ``root``
     unless ``backend_store_uri`` names another (e.g. PostgreSQL); ``workers`` is uvicorn's worker
-    count. ``app_name`` is passed as ``--app-name``; ``extra_env`` is added to :func:`_server_env`.
+    count. ``app_name`` is passed as ``--app-name``; ``extra_env`` is added to :func:`_server_env`;
+    ``extra_args`` go to the end of the command line.
     """
     artifacts = root / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,7 @@ def start_mlflow_server(
     ]
     if app_name:
         cmd += ["--app-name", app_name]
+    cmd += extra_args or []
     with open(log, "wb") as log_fh:
         proc = subprocess.Popen(
             cmd, cwd=root, env={**_server_env(), **(extra_env or {})}, stdout=log_fh, stderr=subprocess.STDOUT,
