@@ -29,23 +29,29 @@ installed_mlflow() { "$py" -c 'import importlib.metadata as m; print(m.version("
 
 if [ ! -x "$py" ]; then
     "$PYTHON" -m venv "$venv"
-    "$py" -m pip install --quiet --upgrade pip
+    "$py" -m pip install --quiet --upgrade pip 2>/dev/null
 fi
 
-# A stamp that says "no-deps" is retried as a plain resolve too, so the leg moves to a normal
-# install as soon as the index can give one.
-if [ "$(cut -d' ' -f1,2 "$stamp" 2>/dev/null)" != "$want" ] || grep -q ' no-deps$' "$stamp" \
-        || [ "$(installed_mlflow)" != "$ver" ]; then
-    echo "mlflow-leg: installing the project with mlflow==${ver} into ${venv}"
+# Install when the stamp or the installed MLflow is not what this run wants. A "no-deps" stamp also
+# retries the plain resolve (a failed resolve changes nothing), so the leg moves to a normal install
+# as soon as the index can give one, and otherwise keeps what it has.
+need=0
+if [ "$(cut -d' ' -f1,2 "$stamp" 2>/dev/null)" != "$want" ] || [ "$(installed_mlflow)" != "$ver" ]; then need=1; fi
+if [ "$need" -eq 1 ] || grep -q ' no-deps$' "$stamp" 2>/dev/null; then
+    echo "mlflow-leg: resolving the project with mlflow==${ver} into ${venv}"
     if "$py" -m pip install --quiet -e ".[dev]" "mlflow==${ver}" 2>"${venv}/pip-plain.log"; then
         echo "$want plain" >"$stamp"
-    else
+    elif [ "$need" -eq 1 ]; then
         echo "mlflow-leg: plain resolve of mlflow==${ver} failed (tail of ${venv}/pip-plain.log):"
-        tail -n 3 "${venv}/pip-plain.log" | sed 's/^/    /'
+        tail -n 2 "${venv}/pip-plain.log" | cut -c1-300 | sed 's/^/    /'
         echo "mlflow-leg: installing the project as pinned, then mlflow/mlflow-skinny ${ver} with --no-deps"
-        "$py" -m pip install --quiet -e ".[dev]"
-        "$py" -m pip install --quiet --no-deps "mlflow==${ver}" "mlflow-skinny==${ver}"
+        "$py" -m pip install --quiet -e ".[dev]" 2>"${venv}/pip-pinned.log" \
+            || { tail -n 20 "${venv}/pip-pinned.log" >&2; exit 1; }
+        "$py" -m pip install --quiet --no-deps "mlflow==${ver}" "mlflow-skinny==${ver}" 2>"${venv}/pip-no-deps.log" \
+            || { tail -n 20 "${venv}/pip-no-deps.log" >&2; exit 1; }
         echo "$want no-deps" >"$stamp"
+    else
+        echo "mlflow-leg: plain resolve of mlflow==${ver} still fails; keeping the --no-deps install"
     fi
 fi
 
