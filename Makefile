@@ -40,11 +40,10 @@ MLFLOW_NEXT ?= 3.18.0
 test-mlflow-next: sysdeps
 	PYTHON=$(PYTHON) ./scripts/mlflow-leg.sh $(MLFLOW_NEXT)
 
-## fuzz: the exploring profile: a random seed, FUZZ_PER_CODEC mutated models per codec (default
-## 10000), failures appended to tests/fuzz_corpus/ (which `make test` replays)
+## fuzz: the long fuzzing profile (hypothesis; thousands of mutated models)
 fuzz: $(BIN)/python
 	$(PIP) install --quiet -e ".[dev]"
-	$(BIN)/python tests/fuzz_campaign.py --per-codec $${FUZZ_PER_CODEC:-10000} --jobs $${FUZZ_JOBS:-2} $${FUZZ_SEED:+--seed $$FUZZ_SEED}
+	SAFEFLAVOR_FUZZ_EXAMPLES=$${SAFEFLAVOR_FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py --hypothesis-show-statistics -q
 
 ## bench: print the save/load/predict comparison table (not a test)
 bench: $(BIN)/python
