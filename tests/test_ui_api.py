@@ -472,6 +472,164 @@ def test_binding_beyond_loopback_warns(tmp_path):
     assert not list(scratch.glob("safeflavor-ui-*")), "the workspace outlived the process"
 
 
+# ------------------------------------------------------------------------------ issue 18: the page's own limits
+
+class _Listener:
+    """A TCP listener on 127.0.0.1 that counts connections: proof the page never called it."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("template", [
+    "mlflow-artifacts://127.0.0.1:{port}/x/model",
+    "mlflow-artifacts://user:pw@127.0.0.1:{port}/x/model",
+    "mlflow-artifacts://[::ffff:127.0.0.1]:{port}/x/model",
+    "models://profile@databricks/m/1",
+    "runs://127.0.0.1:{port}/abc/model",
+    "s3://user:pw@127.0.0.1:{port}/bucket/model",
+    "s3://127.0.0.1/model",
+    "wasbs://c@127.0.0.1:{port}/model",
+    "http://127.0.0.1:{port}/model",
+    "models:/../../etc/m",
+    "mlflow-artifacts:/x/%2e%2e/%2e%2e/model",
+])
+def test_uris_with_hosts_credentials_or_profiles_are_refused(ui, template):
+    listener = _Listener()
+    try:
+        uri = template.format(port=listener.port)
+        for path, body in (("/api/scan-uri", {"uri": uri}), ("/api/convert", {"uri": uri})):
+            r = ui.post(path, json=body)
+            assert r.status_code == 400 and r.json()["error_code"] == "InvalidArgumentError", r.text
+            assert "upload the pickle instead" in r.json()["message"]
+        time.sleep(0.3)
+        assert listener.connections == 0, "the page called the address in the URI"
+    finally:
+        listener.close()
+    ui.assert_clean()
+
+
+def test_uris_resolve_through_mlflow_never_as_local_paths(ui, tmp_path, monkeypatch, iris_model):
+    """A directory named like the URI in the page's working directory is not read."""
+    model, X = iris_model
+    local = tmp_path / "models:" / "churn" / "1"
+    local.mkdir(parents=True)
+    (local / "MLmodel").write_text("flavors:\n  sklearn:\n    pickled_model: model.pkl\n    serialization_format: pickle\n")
+    (local / "model.pkl").write_bytes(pickle.dumps(model))
+    monkeypatch.chdir(tmp_path)
+    saved = _save_tracking()
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/empty.db")  # a registry without that model
+        job = ui.wait(ui.post("/api/scan-uri", json={"uri": "models:/churn/1"}))
+    finally:
+        _restore_tracking(saved)
+    assert job["state"] == "failed", job
+    assert "churn" in job["error"]["message"] and "MLmodel" not in json.dumps(job.get("result"))
+    ui.assert_clean()
+
+
+def test_held_uploads_have_a_total_cap(tmp_path, iris_model):
+    model, X = iris_model
+    data = pickle.dumps(model, protocol=5)
+    running = _serve(UIConfig.from_env(tmp_dir=str(tmp_path), max_held_bytes=int(len(data) * 1.5)))
+    try:
+        first = running.scan("a.pkl", data)
+        assert first.status_code == 200 and first.json()["upload_id"]
+        second = running.scan("b.pkl", data)
+        assert second.status_code == 503 and "MLFLOW_SAFEFLAVOR_UI_MAX_HELD_MB" in second.json()["message"]
+        health = running.get("/healthz").json()
+        assert health["uploads_held"] == 1 and health["uploads_held_bytes"] == len(data)
+        assert len(list(running.workspace.uploads_dir.iterdir())) == 1, "the refused upload was not kept"
+    finally:
+        _stop(running)
+
+
+def _raw_scan_request(url: str, token: str, data: bytes) -> bytes:
+    from urllib.parse import urlsplit
+
+    body, headers = _raw_multipart(b"slow.pkl", data)
+    host = urlsplit(url).netloc
+    head = (f"POST /api/scan HTTP/1.1\r\nHost: {host}\r\nX-SafeFlavor-CSRF: {token}\r\n"
+            f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+def test_concurrent_scans_are_capped_and_a_gone_client_stops_its_scan(tmp_path, monkeypatch):
+    """A scan whose client hangs up is cancelled: its isolated process is killed, the slot freed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import hostile_pickles as hp
+
+    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_SCAN_TIMEOUT", "600")
+    monkeypatch.setenv("MLFLOW_SAFEFLAVOR_SCAN_MEMORY_MB", "4096")
+    slow = hp.none_pops(7.5, compress=False)  # our scan, then fickling's (~3.4 s/MB): far more than the 8 s below
+    running = _serve(UIConfig.from_env(tmp_dir=str(tmp_path), max_upload_bytes=8 * 1024 * 1024, max_scans=1))
+    try:
+        parts = urlsplit(running.url)
+        sock = socket.create_connection((parts.hostname, parts.port))
+        sock.sendall(_raw_scan_request(running.url, running.token, slow))
+        deadline = time.monotonic() + 60
+        while running.get("/healthz").json()["scans_running"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        busy = running.scan("other.pkl", pickle.dumps([1, 2]))
+        assert busy.status_code == 503 and "MLFLOW_SAFEFLAVOR_UI_MAX_SCANS" in busy.json()["message"]
+        time.sleep(1.0)
+        sock.close()  # the client goes away mid-scan
+        deadline = time.monotonic() + 8
+        while running.get("/healthz").json()["scans_running"] != 0:
+            assert time.monotonic() < deadline, "the scan went on after its client left"
+            time.sleep(0.1)
+        after = running.scan("after.pkl", pickle.dumps([1, 2])).json()
+        assert after["scan"]["ok"]
+        held = [p.name for p in running.workspace.uploads_dir.iterdir()]
+        assert held == [after["upload_id"]], "the abandoned upload was not deleted"
+    finally:
+        _stop(running)
+
+
+def test_convert_refuses_a_held_upload_swapped_for_a_symlink(ui, tmp_path, iris_model):
+    model, X = iris_model
+    secret = tmp_path / "elsewhere.pkl"
+    secret.write_bytes(pickle.dumps(model, protocol=4))  # would convert fine if it were followed
+    body = ui.scan("m.pkl", pickle.dumps(model, protocol=5)).json()
+    assert body["upload_id"]
+    held = ui.workspace.uploads_dir / body["upload_id"] / "model.pkl"
+    held.unlink()
+    os.symlink(secret, held)
+    job = ui.wait(ui.post("/api/convert", json={"upload_id": body["upload_id"]}))
+    assert job["state"] == "failed" and "changed on disk" in job["error"]["message"], job
+    assert job["download_url"] is None
+    ui.assert_clean()
+
+
 # ------------------------------------------------------------------------------ registry
 
 def _save_tracking() -> tuple[Any, str | None]:
@@ -512,6 +670,7 @@ class Reg:
     keys: dict[str, Path]
     hostile: str
     marker: Path
+    artifacts: Path | None = None  # the server's artifact root on disk (what a store writer can change)
 
 
 def _gate_keys(root: Path) -> dict[str, Path]:
@@ -560,6 +719,7 @@ def reg(tmp_path_factory, iris_model) -> Reg:
 
         stored = storage_uri(client, names.hostile, "1").split("mlflow-artifacts:/", 1)[1]
         (server.artifacts / stored / "model.pkl").write_bytes(pickle_that_touches(marker))
+        names.artifacts = server.artifacts
         promote(names.safe, "1", "champion", signing_key=keys["private"])
         client.set_registered_model_alias(names.pickled, "production", "1")  # no gate on this server
         with pytest.raises(PromotionRejectedError):
@@ -650,6 +810,46 @@ def test_promote_through_the_page_matches_the_cli(reg):
 
     job = reg.ui.wait(reg.ui.post(f"/api/registry/{reg.safe}/1/promote", json={"alias": "latest"}))
     assert job["state"] == "failed" and job["error"]["type"] == "InvalidArgumentError"  # MLflow reserves it
+
+
+def test_promote_refuses_artifacts_swapped_after_verification(reg):
+    """Issue 18: no public key is configured for this call, yet a version whose artifacts no longer
+    match its safeflavor.verified tag is refused; only reapprove=True verifies the new files."""
+    import mlflow
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    import mlflow_safeflavor
+    from mlflow_safeflavor.registry import PromotionRejectedError, promote
+    from mlflow_safeflavor.registry.core import TAG_POLICY, TAG_REJECTED, TAG_VERIFIED
+    from mlflow_safeflavor.registry.store import storage_uri
+
+    X, y = load_iris(return_X_y=True)
+    name, other = f"{reg.safe}-swapped", f"{reg.safe}-other"
+    with mlflow.start_run(experiment_id=mlflow.MlflowClient().create_experiment(f"{name}-exp")):
+        mlflow_safeflavor.log_model(LogisticRegression(max_iter=300).fit(X, y), name="a", input_example=X[:5],
+                                    registered_model_name=name)
+        mlflow_safeflavor.log_model(LogisticRegression(C=0.01, max_iter=300).fit(X, y), name="b", input_example=X[:5],
+                                    registered_model_name=other)
+    client = mlflow.MlflowClient()
+    first = promote(name, "1", "champion")
+    stored = reg.artifacts / storage_uri(client, name, "1").split("mlflow-artifacts:/", 1)[1]
+    replacement = reg.artifacts / storage_uri(client, other, "1").split("mlflow-artifacts:/", 1)[1]
+    for f in replacement.iterdir():  # a store writer swaps in another complete, valid safe model
+        (stored / f.name).write_bytes(f.read_bytes())
+
+    with pytest.raises(PromotionRejectedError) as err:
+        promote(name, "1", "production")
+    assert TAG_VERIFIED in err.value.failed and "reapprove=True" in err.value.message
+    tags = client.get_model_version(name, "1").tags
+    assert tags[TAG_VERIFIED] == first.digest and "changed after verification" in tags[TAG_REJECTED]
+    assert "production" not in client.get_registered_model(name).aliases
+
+    again = promote(name, "1", "production", reapprove=True)
+    assert again.digest != first.digest and again.policy["reapproved_from"] == first.digest
+    tags = client.get_model_version(name, "1").tags
+    assert tags[TAG_VERIFIED] == again.digest and json.loads(tags[TAG_POLICY])["reapproved_from"] == first.digest
+    assert TAG_REJECTED not in tags
 
 
 def test_convert_version_registers_a_safe_version(reg):
