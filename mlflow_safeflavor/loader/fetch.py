@@ -17,7 +17,7 @@ def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_regi
     raised naming the tag; a caller that must skip the check (the gate, which computes the tag)
     says so with ``check_registry=False``. Local paths are returned as they are, not copied.
     """
-    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+    from mlflow.artifacts import download_artifacts
 
     from mlflow_safeflavor.loader.versions import download_registered
 
@@ -32,4 +32,4 @@ def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_regi
     local = download_registered(uri, dst, check_tag=check_registry)
     if local is not None:
         return local
-    return _download_artifact_from_uri(artifact_uri=uri, output_path=dst)
+    return download_artifacts(artifact_uri=uri, dst_path=dst)
