@@ -263,7 +263,9 @@ def fleet(saved, signed_catboost, keys, workdir) -> dict[str, Server]:
                 env = _env()
             else:
                 model = signed_catboost if opts.get("signed") else saved[lib]
-                cmd = [*_safeflavor_cmd(), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
+                # The checkpoint's float64 answers are compared exactly: no ONNX export derived here
+                # (test_serving_onnx.py covers --backend auto).
+                cmd = [*_safeflavor_cmd(), "serve", str(model), "--backend", "native", "--host", "127.0.0.1", "--port", str(port)]
                 if opts.get("workers"):
                     cmd += ["--workers", str(opts["workers"])]
                 if opts.get("signed"):

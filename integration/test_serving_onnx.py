@@ -1,5 +1,6 @@
 """The serving tests with the ONNX backend on: real ``mlflow models serve`` and the hardened
-``mlflow-safeflavor serve``, on models saved with the default ``onnx="auto"``.
+``mlflow-safeflavor serve``, on models saved with ``onnx="auto"`` — and, at the end, exports that
+``mlflow-safeflavor serve --backend auto|onnx`` derives for models saved with default arguments.
 
 The zoo's pipeline, XGBoost and LightGBM classifiers get an export that agreed at save time, so
 the servers answer with onnxruntime; the CatBoost classifier has a categorical column, gets no
@@ -55,7 +56,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved(zoo_cases, workdir):
-    """Each model saved with the default onnx="auto" and an input example."""
+    """Each model saved with onnx="auto" and an input example."""
     out = {}
     for lib in LIBS:
         case = zoo_cases[lib]
@@ -121,6 +122,11 @@ def test_probabilities_from_the_export_and_from_the_checkpoint(server, zoo_cases
     assert status == 200, text[:500]
     got = np.asarray(json.loads(text)["predictions"], dtype=np.float64)
     if _lib(server) in EXPORTED:
+        # auto: the export or the native model, whichever the recorded crossover picks for this batch.
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+        body, ctype = payload(_rows(case.X), "dataframe_split", params={"predict_method": "predict_proba", "backend": "onnx"})
+        status, text, _ = post(server.url, body, ctype)
+        got = np.asarray(json.loads(text)["predictions"], dtype=np.float64)
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
         assert np.array_equal(got.astype(np.float32).astype(np.float64), got), "not onnxruntime's float32 output"
         assert not np.array_equal(got, want)
@@ -159,3 +165,63 @@ def test_backend_onnx_explicitly(server, zoo_cases):
     status, text, _ = post(server.url, body, ctype)
     assert status == 200, text[:500]
     assert_predictions(expected(case), json.loads(text)["predictions"], f"{server.name} backend=onnx")
+
+
+# ------------------------------------------------------------------ exports derived at serve time
+
+
+@pytest.fixture(scope="module")
+def derived(zoo_cases, workdir):
+    """``serve --backend auto`` twice on an XGBoost model saved with default arguments (no
+    export), one cache: the first server derives the export, the second finds it cached."""
+    case = zoo_cases["xgboost"]
+    path = workdir / "models" / "xgboost-plain"
+    mlflow_safeflavor.save_model(case.model, path, input_example=case.X[:5])
+    assert not (path / "model.onnx").exists()
+    env = _env(**SAFE_ENV, MLFLOW_SAFEFLAVOR_CACHE_DIR=str(workdir / "cache"))
+    servers = []
+    try:
+        for name in ("derives", "reuses"):
+            port = _free_port()
+            log = workdir / "logs" / f"derived-{name}.log"
+            log.parent.mkdir(exist_ok=True)
+            cmd = [*_safeflavor_cmd(), "serve", str(path), "--backend", "auto", "--host", "127.0.0.1", "--port", str(port)]
+            servers.append(Server(name, port, _launch(cmd, env, log, cwd=workdir), log).wait())
+        yield servers
+    finally:
+        for server in servers:
+            _stop(server.proc)
+
+
+def test_serve_derives_an_export_for_a_model_saved_without_one(derived, zoo_cases, workdir):
+    case = zoo_cases["xgboost"]
+    want = expected(case, "predict_proba")
+    for server in derived:
+        body, ctype = payload(_rows(case.X), "dataframe_split", params={"predict_method": "predict_proba", "backend": "onnx"})
+        status, text, _ = post(server.url, body, ctype)
+        assert status == 200, text[:500]
+        got = np.asarray(json.loads(text)["predictions"], dtype=np.float64)
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+        assert np.array_equal(got.astype(np.float32).astype(np.float64), got), "not onnxruntime's float32 output"
+        body, ctype = payload(_rows(case.X), "dataframe_split")
+        status, text, _ = post(server.url, body, ctype)
+        assert_predictions(expected(case), json.loads(text)["predictions"], f"{server.name} labels")
+    first, second = (s.log.read_text(errors="replace") for s in derived)
+    assert "derived an ONNX export" in first and "derived an ONNX export" not in second, second[-2000:]
+    assert len(list((workdir / "cache" / "onnx").iterdir())) == 1
+
+
+def test_serve_backend_onnx_refuses_to_start_without_an_export_form(zoo_cases, workdir):
+    """CatBoost with a categorical column has no ONNX form: --backend onnx exits 1 before listening."""
+    import subprocess
+
+    case = zoo_cases["catboost"]
+    path = workdir / "models" / "catboost-plain"
+    mlflow_safeflavor.save_model(case.model, path, input_example=case.X[:5])
+    port = _free_port()
+    cmd = [*_safeflavor_cmd(), "serve", str(path), "--backend", "onnx", "--host", "127.0.0.1", "--port", str(port)]
+    out = subprocess.run(cmd, env=_env(**SAFE_ENV, MLFLOW_SAFEFLAVOR_CACHE_DIR=str(workdir / "cache-cb")),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "no ONNX export can be derived" in out.stderr and "numerical features only" in out.stderr
+    assert str(path) in out.stderr  # the model the user named, not the private copy
