@@ -70,12 +70,13 @@ def save_model(
     model is written to a temporary directory next to ``path`` and moved into place, so an error
     leaves nothing behind. Raises a SafeFlavorError subclass on bad input or an unsupported model.
 
-    ``onnx`` ("auto" by default, or ``$MLFLOW_SAFEFLAVOR_ONNX``) adds ``model.onnx``, an ONNX
-    export made by the library's own converter from the checkpoint just written, kept only if it
-    agrees with the checkpoint on the input example and a sample covering the model's thresholds
-    (docs/onnx.md); the pyfunc then serves the methods it covers with onnxruntime. With "auto" a
-    model that does not convert or agree is saved without it and an ``OnnxExportWarning`` says
-    why; ``onnx=True`` makes that an error; ``onnx=False`` skips the export.
+    ``onnx="auto"`` or ``True`` (default None: ``$MLFLOW_SAFEFLAVOR_ONNX``, else no export) adds
+    ``model.onnx``, an ONNX export made by the library's own converter from the checkpoint just
+    written, kept only if it agrees with the checkpoint on the input example and a sample covering
+    the model's thresholds (docs/onnx.md); the pyfunc then serves the methods it covers with
+    onnxruntime where that is faster. With "auto" a model that does not convert or agree is saved
+    without it and an ``OnnxExportWarning`` says why; ``onnx=True`` makes that an error.
+    ``mlflow-safeflavor serve`` derives the export for a model saved without one.
     """
     from mlflow.models import Model
     from mlflow.models.signature import ModelSignature
