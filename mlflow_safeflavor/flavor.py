@@ -12,31 +12,20 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable
 
-from mlflow_safeflavor import envfiles, integrity
+from mlflow_safeflavor import envfiles
 from mlflow_safeflavor import loader as _loader
+from mlflow_safeflavor import saving
 from mlflow_safeflavor import export as _export
 from mlflow_safeflavor import policy as _policy
-from mlflow_safeflavor._version import __version__
 from mlflow_safeflavor.codecs import codec_for
 from mlflow_safeflavor.codecs.base import PREDICT_METHODS, Codec
-from mlflow_safeflavor.errors import (
-    InvalidArgumentError,
-    MalformedArtifactError,
-    SafeFlavorError,
-    UnsupportedModelError,
-)
-from mlflow_safeflavor.record import FLAVOR_NAME, FORMAT_VERSION, parse_record
-from mlflow_safeflavor.validate.skops_zip import looks_like_pickle
+from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError
+from mlflow_safeflavor.record import FLAVOR_NAME
 
 _logger = logging.getLogger(__name__)
 LOADER_MODULE = _loader.LOADER_MODULE
-# Keys MLflow's Model.log forwards to every flavor's save_model; they do not concern storage.
-_IGNORED_SAVE_KWARGS = {"validate_serving_input", "prompts", "resources", "auth_policy", "serving_input"}
 BACKENDS = ("auto", "native", "onnx")
 ENV_BACKEND = "MLFLOW_SAFEFLAVOR_BACKEND"
 
@@ -79,84 +68,36 @@ def save_model(
     ``mlflow-safeflavor serve`` derives the export for a model saved without one.
     """
     from mlflow.models import Model
-    from mlflow.models.signature import ModelSignature
     from mlflow.pyfunc import add_to_model
 
     from mlflow_safeflavor._mlflow_compat import save_example as _save_example
 
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}.")
-    if predict_method not in PREDICT_METHODS:
-        raise InvalidArgumentError(
-            f"predict_method={predict_method!r} is not one of {PREDICT_METHODS}."
-        )
-    if signature is not None and signature is not False and not isinstance(signature, ModelSignature):
-        raise InvalidArgumentError(
-            f"signature must be an mlflow.models.ModelSignature, got {type(signature).__name__}."
-        )
-    if metadata is not None and not isinstance(metadata, dict):
-        raise InvalidArgumentError(f"metadata must be a dict, got {type(metadata).__name__}.")
+    target = saving.check_arguments(path, predict_method=predict_method, signature=signature, metadata=metadata,
+                                    kwargs=kwargs)
     extra_trusted = _policy.parse_type_list(trusted_types, source="trusted_types=")
     onnx_mode = _export.resolve_mode(onnx)
-    unknown = sorted(set(kwargs) - _IGNORED_SAVE_KWARGS)
-    if unknown:
-        _logger.warning("mlflow_safeflavor.save_model: ignoring unknown arguments %s", unknown)
-
-    target = Path(os.path.abspath(os.fspath(path)))
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InvalidArgumentError(
-            f"{target} already exists and is not an empty directory; choose a new path or remove it."
-        )
     codec = codec_for(model)
     if predict_method != "predict" and not hasattr(model, predict_method):
-        raise InvalidArgumentError(
-            f"predict_method={predict_method!r}: {type(model).__name__} has no such method."
-        )
+        raise InvalidArgumentError(f"predict_method={predict_method!r}: {type(model).__name__} has no such method.")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.safeflavor-", dir=target.parent))
-    try:
-        options = {"model_format": model_format, "trusted_types": extra_trusted}
-        try:
-            saved = codec.save(model, tmp, options=options)
-        except SafeFlavorError:
-            raise
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"Cannot store {type(model).__name__} with the {codec.name} codec: "
-                f"{type(exc).__name__}: {str(exc)[:300]}. Nothing was written."
-            ) from exc
-        digests = {}
-        for name in saved.files:
-            data = (tmp / name).read_bytes()
-            if looks_like_pickle(data[:2]):
-                raise UnsupportedModelError(f"{name} came out as a pickle stream; refusing to write it.")
-            digests[name] = integrity.sha256_digest(data)
+    with saving.staging(target) as tmp:
+        saved, digests = saving.write_payload(codec, model, tmp, {"model_format": model_format, "trusted_types": extra_trusted})
         requirements = list(saved.requirements)
-        onnx_record = None
-        if onnx_mode != "off":
-            checkpoint = {"codec": codec.name, "model_class": saved.model_class, "files": list(saved.files),
-                          "trusted_types": list(saved.trusted_types), **saved.extra}
-            made = _export.export(tmp, checkpoint, input_example, mode=onnx_mode, target=target)
-            if made is not None:
-                onnx_record = made["record"]
-                digests[_export.FILE] = integrity.sha256_digest(made["data"])
-                requirements += made["requirements"]
+        onnx_record = saving.add_export(codec, saved, tmp, input_example, mode=onnx_mode, target=target,
+                                        digests=digests, requirements=requirements)
 
         mlflow_model = mlflow_model if mlflow_model is not None else Model()
         saved_example = _save_example(mlflow_model, input_example, str(tmp))
         if signature is None and saved_example is not None:
-            from mlflow_safeflavor._mlflow_compat import infer_signature_from_input_example as _infer_signature_from_input_example
+            from mlflow_safeflavor._mlflow_compat import infer_signature_from_input_example
 
-            wrapper = SafeFlavorPyfunc(model, codec, predict_method)
-            signature = _infer_signature_from_input_example(saved_example, wrapper)
+            signature = infer_signature_from_input_example(saved_example, SafeFlavorPyfunc(model, codec, predict_method))
         if signature is not False:
             # Even without an input schema, MLflow only forwards ``params`` that the signature
             # declares: always declare predict_method.
             mlflow_model.signature = _with_predict_param(signature, predict_method)
         if metadata is not None:
             mlflow_model.metadata = metadata
-
         add_to_model(
             mlflow_model,
             loader_module=LOADER_MODULE,
@@ -165,37 +106,13 @@ def save_model(
             # Declared so that mlflow.pyfunc.load_model(..., model_config={"backend": ...}) reaches us.
             model_config={"backend": "auto"},
         )
-        record = {
-            "format_version": FORMAT_VERSION,
-            "codec": codec.name,
-            "model_class": saved.model_class,
-            "library_versions": saved.library_versions,
-            "files": digests,
-            "trusted_types": list(saved.trusted_types),
-            "predict_method": predict_method,
-            "safeflavor_version": __version__,
-            **saved.extra,
-        }
-        if onnx_record is not None:
-            record["onnx"] = onnx_record
-            # Never write a record our own loader would refuse.
-            parse_record({"flavors": {FLAVOR_NAME: record}}, root=target)
+        record = saving.flavor_record(codec, saved, digests, predict_method=predict_method, onnx_record=onnx_record,
+                                      target=target)
         mlflow_model.add_flavor(FLAVOR_NAME, **record)
         mlflow_model.model_size_bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         mlflow_model.save(str(tmp / "MLmodel"))
-        envfiles.write(
-            str(tmp),
-            requirements,
-            pip_requirements=pip_requirements,
-            extra_pip_requirements=extra_pip_requirements,
-            conda_env=conda_env,
-        )
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        envfiles.write(str(tmp), requirements, pip_requirements=pip_requirements,
+                       extra_pip_requirements=extra_pip_requirements, conda_env=conda_env)
 
 
 def _with_predict_param(signature: Any, predict_method: str) -> Any:
