@@ -365,7 +365,7 @@ HOSTILE = [
     Hostile("digest-mismatch-via-pyfunc", flipped_byte, "IntegrityError", "digest mismatch", loader="mlflow.pyfunc"),
     Hostile("mlmodel-python-yaml-tag", raw_mlmodel(lambda m: f"flavors: !!python/object/apply:os.system ['touch {m}']\n"), "MalformedArtifactError", "not valid YAML"),
     Hostile("mlmodel-oversized", oversized_mlmodel, "IntegrityError", "cap"),
-    Hostile("mlmodel-format-version-2", mlmodel_edit("sk_ridge", lambda s: s.__setitem__("format_version", 2)), "MalformedArtifactError", "format_version"),
+    Hostile("mlmodel-format-version-3", mlmodel_edit("sk_ridge", lambda s: s.__setitem__("format_version", 3)), "MalformedArtifactError", "format_version"),
     Hostile("unsigned-but-key-required", lambda w, m, c: _saved("sk_ridge")(w, c["cases"]), "SignatureError", "model.sig is missing", kwargs={"public_key": "@good"}),
     Hostile("signed-by-another-key", signed("sk_ridge", key="other"), "SignatureError", "does not verify", kwargs={"public_key": "@good"}),
     Hostile("signed-then-extra-github-file", signed("sk_ridge", _add_file(".github/workflows/x.yml")), "SignatureError", ".github/workflows/x.yml", env={"MLFLOW_SAFEFLAVOR_PUBLIC_KEY": "@good"}),
@@ -422,6 +422,11 @@ def test_hostile_artifact_is_refused_in_a_separate_process(hostile, cases, keys,
     assert reply["type"] == hostile.error, reply
     assert hostile.message in reply["message"], reply["message"]
     assert str(path) in reply["message"] or "model.skops" in reply["message"], reply["message"]
+    assert not marker.exists()
+    # verify, inspect and the registry gate decide by the same steps: none may pass the artifact.
+    for how in ("verify", "inspect", "gate"):
+        decided = worker.load(path, how, kwargs=kwargs, env=env)
+        assert decided["outcome"] == "decided" and decided["ok"] is False, (how, decided)
     assert not marker.exists()
 
 

@@ -184,10 +184,30 @@ def offsets(arr: np.ndarray, total: int, *, name: str, path: str, min_step: int 
     return steps
 
 
-def _local_index(counts: np.ndarray, starts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every node: its index within its own tree, and its tree's node count."""
-    per_node = np.repeat(counts, counts)
-    return np.arange(total, dtype=np.int64) - np.repeat(starts, counts), per_node
+def _check_structure(children: tuple[np.ndarray, np.ndarray], leaf: np.ndarray, feature: np.ndarray,
+                     n_features: np.ndarray, counts: np.ndarray, starts: np.ndarray, *, what: str, path: str) -> None:
+    """Every inner node's children lie after it and inside its own tree; its feature is in range.
+
+    Whole-array passes without boolean gathers (a gather copies; these run on every load):
+    leaves are neutralised with ``np.where`` instead of being masked out.
+    """
+    local = np.arange(len(leaf), dtype=np.int64)
+    local -= np.repeat(starts, counts)
+    size = np.repeat(counts, counts)
+    inner = ~leaf
+    for child in children:
+        c = np.where(leaf, 0, child.astype(np.int64, copy=False))
+        if np.any(c >= size):
+            raise fail(path, f"has a {what}child index past the end of its tree")
+        c -= local
+        if np.any((c < 1) & inner):
+            raise fail(path, f"has a {what}child index pointing backwards (a cycle)")
+    del local, size, c
+    lo, hi = int(n_features.min()), int(n_features.max())
+    limit = hi if lo == hi else np.repeat(n_features, counts)
+    feat = np.where(leaf, 0, feature)
+    if np.any(feat < 0) or np.any(feat >= limit):
+        raise fail(path, f"has a {what}split on a feature index out of range")
 
 
 def check_trees(a: Mapping[str, np.ndarray], *, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -223,23 +243,17 @@ def check_trees(a: Mapping[str, np.ndarray], *, path: str) -> tuple[np.ndarray, 
     depth = a["tree.max_depth"]
     if np.any(depth < 0) or np.any(depth >= counts):
         raise fail(path, "has a tree whose max_depth is out of range")
-    local, size = _local_index(counts, a["tree.node_offsets"][:-1], n_nodes)
     left, right = a["node.left_child"], a["node.right_child"]
     leaf = left == -1
     if not np.array_equal(leaf, right == -1):
         raise fail(path, "has a node with exactly one child")
-    inner = ~leaf
     # scikit-learn appends children after their parent: forward edges within the tree also
     # prove there is no cycle.
-    for child in (left, right):
-        c, loc = child[inner], local[inner]
-        if np.any(c <= loc) or np.any(c >= size[inner]):
-            raise fail(path, "has a child index out of range or pointing backwards")
-    feature = a["node.feature"][inner]
-    if np.any(feature < 0) or np.any(feature >= np.repeat(n_features, counts)[inner]):
-        raise fail(path, "has a split on a feature index out of range")
+    _check_structure((left, right), leaf, a["node.feature"], n_features, counts, a["tree.node_offsets"][:-1],
+                     what="", path=path)
     # +inf is a real threshold (the split that sends only missing values right); NaN is not.
-    if np.any(np.isnan(a["node.threshold"][inner])):
+    nan = np.isnan(a["node.threshold"])
+    if nan.any() and np.any(nan & ~leaf):
         raise fail(path, "has a NaN split threshold")
     return value_offsets, class_offsets
 
@@ -267,15 +281,10 @@ def check_predictors(a: Mapping[str, np.ndarray], *, path: str) -> None:
     n_features = a["hgb.n_features"]
     if n_features.min() < 1 or n_features.max() > MAX_FEATURES:
         raise fail(path, "has a predictor with a feature count out of range")
-    local, size = _local_index(counts, a["hgb.node_offsets"][:-1], n_nodes)
-    inner = a["hgbnode.is_leaf"] == 0
-    for field in ("left", "right"):
-        c, loc = a[f"hgbnode.{field}"][inner].astype(np.int64), local[inner]
-        if np.any(c <= loc) or np.any(c >= size[inner]):
-            raise fail(path, "has a histogram-boosting child index out of range or pointing backwards")
-    feature = a["hgbnode.feature_idx"][inner]
-    if np.any(feature < 0) or np.any(feature >= np.repeat(n_features, counts)[inner]):
-        raise fail(path, "has a histogram-boosting split on a feature index out of range")
+    leaf = a["hgbnode.is_leaf"] != 0
+    _check_structure((a["hgbnode.left"], a["hgbnode.right"]), leaf, a["hgbnode.feature_idx"], n_features, counts,
+                     a["hgb.node_offsets"][:-1], what="histogram-boosting ", path=path)
+    inner = ~leaf
     cat = inner & (a["hgbnode.is_categorical"] != 0)
     if np.any(np.isnan(a["hgbnode.num_threshold"][inner & ~cat])):
         raise fail(path, "has a NaN histogram-boosting threshold")
