@@ -28,7 +28,8 @@ from mlflow_safeflavor.record import FLAVOR_NAME, Record, parse_record, read_mlm
 LOADER_MODULE = "mlflow_safeflavor"
 ALLOWED_FLAVORS = frozenset({"python_function", FLAVOR_NAME})
 # File names whose loaders unpickle; a model directory written by save_model holds none of them.
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".dill", ".cloudpickle", ".sav")
+# One tuple for the loader and migration alike (re-exported here for the loader's callers).
+from mlflow_safeflavor.filekinds import PICKLE_SUFFIXES  # noqa: E402
 _HEAD = 256
 
 
