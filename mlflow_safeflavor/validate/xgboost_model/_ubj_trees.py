@@ -9,7 +9,7 @@ None on anything else, which the generic decoder of :mod:`._decode` then reads (
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -22,8 +22,13 @@ from mlflow_safeflavor.validate.xgboost_model._caps import (
 )
 from mlflow_safeflavor.validate.xgboost_model._structure import Forest
 
-if TYPE_CHECKING:
-    from mlflow_safeflavor.validate.xgboost_model._decode import UBJDecoder
+
+class _Source(Protocol):
+    """What the readers use of the UBJ decoder (no import of it: the decoder calls the readers)."""
+
+    buf: bytes
+    end: int
+
 
 INT64 = struct.Struct(">q")  # UBJ 'L': every length and count in XGBoost's dialect
 
@@ -123,7 +128,7 @@ _NF_LEN_FROM_TREE_PARAM = len(_key(b"tree_param") + b"{" + _key(b"num_deleted") 
     _key(b"num_feature") + b"SL")
 
 
-def fast_trees(dec: UBJDecoder, start: int, count: int, depth: int) -> tuple[Forest, int] | None:
+def fast_trees(dec: _Source, start: int, count: int, depth: int) -> tuple[Forest, int] | None:
     """Read ``count`` canonical trees starting at ``start``; None if any tree is not canonical.
 
     Each tree is compared byte for byte (outside its array payloads) with the template XGBoost's
@@ -241,7 +246,7 @@ _NODE_COLS = [_COL[k] for k in ("default_left", "left_children", "loss_changes",
                                 "split_conditions", "split_indices", "split_type", "sum_hessian")]
 
 
-def scan_trees(dec: UBJDecoder, start: int, count: int, depth: int) -> tuple[Forest, int] | None:
+def scan_trees(dec: _Source, start: int, count: int, depth: int) -> tuple[Forest, int] | None:
     """Read ``count`` trees whose keys are exactly XGBoost's, in XGBoost's order, typed as it writes
     them, with any counts. Returns None on anything else (the generic decoder then reports it).
 
