@@ -216,8 +216,8 @@ class ModelFiles:
                     else:
                         kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a FIFO, device or socket"
                         raise IntegrityError(
-                            f"{self.root / rel}: is {kind}; model directories must hold only "
-                            "regular files. Remove it or obtain a clean copy of the model."
+                            f"{self.root / rel}: is {kind}, not a regular file; model directories must "
+                            "hold only regular files. Remove it or obtain a clean copy of the model."
                         )
                     if len(out) > MAX_LISTED_FILES:
                         raise IntegrityError(f"{self.root}: more than {MAX_LISTED_FILES} files; refused.")

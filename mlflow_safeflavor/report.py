@@ -1,8 +1,8 @@
 """A non-raising look at a model directory: what the loader would check and decide.
 
-``inspect_model`` runs the loader's own steps (:mod:`mlflow_safeflavor.loader`) up to the trust
-decision, not building the model, and records each outcome instead of stopping at the first
-failure, so a person can see everything that is wrong at once.
+``inspect_model`` runs the loader's own steps (:mod:`mlflow_safeflavor.loader`), structural
+validation included, and records each outcome instead of stopping at the first failure, so a
+person can see everything that is wrong at once, and "would load" is the loader's own verdict.
 """
 
 from __future__ import annotations
@@ -61,11 +61,12 @@ def inspect_local(
     trusted_types: Iterable[str] | None = None,
     public_key: Any = None,
 ) -> Inspection:
-    """Inspect a local model directory by the loader's steps, up to the trust decision; never raises for the artifact.
+    """Inspect a local model directory by the loader's own steps; never raises for the artifact.
 
-    The same steps as ``load_model`` (files, signature, MLmodel, pyfunc configuration, record,
-    digests, payload inspection, trust) run in the same order; the model is not built. A model
-    ``load_model`` would refuse at one of those steps never reports "would load".
+    Every step of ``load_model`` runs in the same order — files, signature, MLmodel, pyfunc
+    configuration, record, digests, payload inspection, trust, and the structural validation and
+    build (whose result is dropped) — so "would load" means exactly that ``load_model`` in this
+    process, with this policy, would succeed.
     """
     root = Path(os.path.abspath(os.fspath(path)))
     report = Inspection(root=str(root))
@@ -77,7 +78,7 @@ def inspect_local(
 
     try:
         progress = _loader.run(root, _loader.Options(trusted_types=trusted_types, public_key=public_key),
-                               until="trust", record=record)
+                               record=record)
     except SafeFlavorError as exc:
         report.errors.append(exc.message)
         return report
@@ -105,7 +106,7 @@ def inspect_local(
 
 
 def inspect_model(model_uri: str, *, trusted_types: Iterable[str] | None = None, dst_path: str | None = None) -> Inspection:
-    """Download ``model_uri`` (any MLflow URI) and inspect it without building the model.
+    """Download ``model_uri`` (any MLflow URI) and inspect it (see :func:`inspect_local`).
 
     Returns an :class:`Inspection` listing flavors, codec, file digests, the declared and required
     trust lists and what this process's policy would decide; artifact problems are recorded in

@@ -26,6 +26,30 @@ def _predict(model, X):
     return np.asarray(model.predict(X)).tolist()
 
 
+def _decide(how: str, path: str, kwargs: dict) -> dict:
+    """verify / inspect / the gate's evaluation on a directory: they must never raise for the artifact."""
+    opts = {k: v for k, v in kwargs.items() if k in ("trusted_types", "public_key")}
+    try:
+        if how == "verify":
+            from mlflow_safeflavor.verify import verify_local
+
+            result = verify_local(path, **opts)
+            return {"outcome": "decided", "ok": result.ok, "failed": [c.name for c in result.failures],
+                    "detail": " | ".join(c.detail for c in result.failures)[:2000]}
+        if how == "inspect":
+            from mlflow_safeflavor.report import inspect_local
+
+            report = inspect_local(path, **opts)
+            return {"outcome": "decided", "ok": report.would_load, "failed": report.errors[:5], "detail": report.decision}
+        from mlflow_safeflavor.registry.core import evaluate
+
+        verdict = evaluate(path, label="models:/hostile/1", smoke=False, **opts)
+        return {"outcome": "decided", "ok": verdict.ok, "failed": list(verdict.failed), "detail": verdict.reason[:2000]}
+    except BaseException as exc:  # noqa: BLE001 - a report must never raise
+        return {"outcome": "other", "type": type(exc).__name__, "message": str(exc)[:500],
+                "traceback": traceback.format_exc()[-2000:]}
+
+
 def handle(req: dict) -> dict:
     import mlflow
     import pandas as pd
@@ -36,6 +60,8 @@ def handle(req: dict) -> dict:
     X = None
     if req.get("X") is not None:
         X = pd.DataFrame(**req["X"]) if isinstance(req["X"], dict) else req["X"]
+    if req["loader"] in ("verify", "inspect", "gate"):
+        return _decide(req["loader"], req["path"], kwargs)
     try:
         if req["loader"] == "load_model":
             model = sf.load_model(req["path"], **kwargs)

@@ -129,8 +129,11 @@ def pyfunc_conf(p: Progress, opts: Options) -> list[tuple[str, str | None, str]]
     shipped = code_dirs[:5] or code_keys
     rows.append(("code", f"code shipped with the model: {shipped}" if shipped else None, "no code/ directories"))
     pickles = []
+    # Payload files get their codec's stricter check (a zip, a booster, a cbm) after their digest;
+    # the rest of the directory must not hold anything MLflow's loaders would unpickle.
+    payload = set(p.record.files) if p.record is not None else set()
     for name in p.listing:
-        if name == signing.SIGNATURE_FILE:
+        if name == signing.SIGNATURE_FILE or name in payload:
             continue
         try:
             reason = _looks_pickled(name, p.files.head(name, _HEAD))
