@@ -160,7 +160,11 @@ def _edit_arrays(path: Path, edit: Callable[[dict, dict], None]) -> None:
     arrays, meta = v.load((path / TREES).read_bytes(), path="x")
     arrays = {k: np.array(a) for k, a in arrays.items()}
     layout = json.loads(meta["safeflavor"])
+    fields = v.node_fields(arrays["node.records"], v.node_dtype(layout["node_dtype"], path="x"), path="x")
+    arrays.update(fields)  # writable views into the records copy: edits land in node.records
     edit(arrays, layout)
+    for name in fields:
+        arrays.pop(name, None)
     out = io.BytesIO()
     v.dump({k: [a] for k, a in arrays.items()}, {k: a.dtype.str for k, a in arrays.items()},
            {k: a.shape for k, a in arrays.items()}, {"safeflavor": json.dumps(layout)}, out)
@@ -233,19 +237,22 @@ ATTACKS = [
     Attack("header-length-past-end", "sk_rf_clf", lambda p: _put_raw(p, *_raw(p), length=2**40), "header"),
     Attack("header-not-json", "sk_rf_clf", lambda p: replace_payload(p, TREES, (5).to_bytes(8, "little") + b"{[}:x" + b"\0" * 64), "not valid JSON"),
     Attack("offsets-past-end", "sk_rf_clf", _header(lambda h: h[_first_range(h)].__setitem__("data_offsets", [0, 2**40])), "byte range"),
-    Attack("offsets-overlap", "sk_rf_clf", _header(lambda h: h["node.feature"].__setitem__("data_offsets", list(h["node.left_child"]["data_offsets"]))), "overlap"),
-    Attack("huge-declared-shape", "sk_rf_clf", _header(lambda h: h["node.threshold"].__setitem__("shape", [2**61])), "byte range"),
+    Attack("offsets-overlap", "sk_rf_clf", _header(lambda h: h["tree.n_features"].__setitem__("data_offsets", list(h["tree.max_depth"]["data_offsets"]))), "overlap"),
+    Attack("huge-declared-shape", "sk_rf_clf", _header(lambda h: h["tree.value"].__setitem__("shape", [2**61])), "byte range"),
     Attack("bytes-after-last-array", "sk_rf_clf", lambda p: _put_raw(p, _raw(p)[0], _raw(p)[1] + b"\0" * 16), "after its last array"),
-    Attack("unknown-dtype", "sk_rf_clf", _header(lambda h: h["node.left_child"].__setitem__("dtype", "OBJ")), "malformed entry"),
-    Attack("wrong-dtype", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: a.__setitem__("node.left_child", a["node.left_child"].astype(np.uint32))), "not <i8"),
+    Attack("unknown-dtype", "sk_rf_clf", _header(lambda h: h["tree.n_outputs"].__setitem__("dtype", "OBJ")), "malformed entry"),
+    Attack("wrong-dtype", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: a.__setitem__("tree.node_offsets", a["tree.node_offsets"].astype(np.uint32))), "not <i8"),
     Attack("extra-array", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: a.__setitem__("code", np.zeros(3))), "exactly the arrays"),
-    Attack("missing-array", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: a.pop("node.threshold")), "exactly the arrays"),
+    Attack("missing-array", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: a.pop("tree.max_depth")), "exactly the arrays"),
     Attack("child-index-backwards", "sk_rf_clf", lambda p: _edit_arrays(p, _set("node.left_child", 0)), "pointing backwards"),
     Attack("child-index-past-tree", "sk_rf_clf", lambda p: _edit_arrays(p, _set("node.right_child", 10**9)), "past the end"),
     Attack("child-index-into-next-tree", "sk_rf_clf", lambda p: _edit_arrays(p, _next_tree_child(p)), "past the end"),
     Attack("node-with-one-child", "sk_rf_clf", lambda p: _edit_arrays(p, _set("node.right_child", -1)), "exactly one child"),
     Attack("feature-out-of-range", "sk_rf_clf", lambda p: _edit_arrays(p, _set("node.feature", 10**6)), "feature index out of range"),
     Attack("feature-negative", "sk_rf_clf", lambda p: _edit_arrays(p, _set("node.feature", -3)), "feature index out of range"),
+    Attack("node-layout-overlapping-fields", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: l["node_dtype"]["offsets"].__setitem__(1, 0)), "node record layout"),
+    Attack("node-layout-foreign-field", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: l["node_dtype"]["formats"].__setitem__(0, "|O")), "node record layout"),
+    Attack("node-records-short-rows", "sk_rf_clf", lambda p: _edit_arrays(p, lambda a, l: l["node_dtype"].__setitem__("itemsize", 72)), "node records of 64 bytes"),
     Attack("nan-threshold", "sk_rf_clf", lambda p: _edit_arrays(p, _set("node.threshold", np.nan)), "NaN"),
     Attack("node-offsets-not-covering", "sk_rf_clf", lambda p: _edit_arrays(p, _set("tree.node_offsets", 10**6, where=lambda a: -1)), "cover exactly"),
     Attack("node-offsets-decreasing", "sk_rf_clf", lambda p: _edit_arrays(p, _set("tree.node_offsets", 0, where=lambda a: 1)), "not increasing"),

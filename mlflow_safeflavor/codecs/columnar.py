@@ -205,6 +205,8 @@ class Cut:
 
     def dump(self, fh: Any) -> None:
         """Write the tree file for everything cut so far to the binary file ``fh``."""
+        from sklearn.tree._tree import NODE_DTYPE
+
         arrays: dict[str, list[np.ndarray]] = {}
         dtypes = {name: dtype for name, (dtype, _) in v.BASE_ARRAYS.items()}
         args = [a for a, _ in self.trees]
@@ -216,8 +218,7 @@ class Cut:
         arrays["tree.n_classes"] = [np.asarray(a[1], np.int64) for a in args]
         arrays["tree.max_depth"] = [np.array([s["max_depth"] for s in states], np.int64)]
         arrays["tree.value"] = [s["values"].reshape(-1) for s in states]
-        for f in v.TREE_FIELDS:
-            arrays[f"node.{f}"] = [s["nodes"][f] for s in states]
+        arrays["node.records"] = [s["nodes"].view(np.uint8).reshape(-1, s["nodes"].dtype.itemsize) for s in states]
         preds = [p for p, _ in self.predictors]
         arrays["hgb.n_features"] = [np.array([n for _, n in self.predictors], np.int64)]
         for name, parts in (("node", [p.nodes for p in preds]), ("binned", [p.binned_left_cat_bitsets for p in preds]),
@@ -236,7 +237,11 @@ class Cut:
             shapes[name] = (rows, 8) if name.endswith("_bitsets") else (rows,)
             if name.endswith("_bitsets"):
                 arrays[name] = [p.reshape(-1, 8) for p in parts]
-        meta = {"safeflavor": json.dumps({"layout": v.LAYOUT, "slots": self.slots}, separators=(",", ":"))}
+        shapes["node.records"] = (shapes["node.records"][0], NODE_DTYPE.itemsize)
+        layout = {"names": list(NODE_DTYPE.names), "formats": [NODE_DTYPE.fields[n][0].str for n in NODE_DTYPE.names],
+                  "offsets": [NODE_DTYPE.fields[n][1] for n in NODE_DTYPE.names], "itemsize": NODE_DTYPE.itemsize}
+        doc = {"layout": v.LAYOUT, "node_dtype": layout, "slots": self.slots}
+        meta = {"safeflavor": json.dumps(doc, separators=(",", ":"))}
         v.dump(arrays, dtypes, shapes, meta, fh)
 
 

@@ -27,13 +27,13 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def _slots(meta: dict[str, str], *, path: str) -> list[dict[str, Any]]:
-    """The layout from the header's metadata, every field checked against the fixed tables."""
+def _slots(meta: dict[str, str], *, path: str) -> dict[str, Any]:
+    """The layout document from the header's metadata, every slot checked against the fixed tables."""
     try:
         doc = json.loads(meta["safeflavor"]) if set(meta) == {"safeflavor"} else None
     except (ValueError, RecursionError):
         doc = None
-    if not isinstance(doc, dict) or set(doc) != {"layout", "slots"} or doc["layout"] != v.LAYOUT \
+    if not isinstance(doc, dict) or set(doc) != {"layout", "node_dtype", "slots"} or doc["layout"] != v.LAYOUT \
             or not isinstance(doc["slots"], list) or len(doc["slots"]) > v.MAX_SLOTS:
         raise v.fail(path, f"has no layout this version reads (layout {v.LAYOUT} expected)")
     for i, s in enumerate(doc["slots"]):
@@ -51,7 +51,7 @@ def _slots(meta: dict[str, str], *, path: str) -> list[dict[str, Any]]:
             ok = isinstance(s["varying"], dict) and all(k in allowed and t in VARYING for k, t in s["varying"].items())
         if not ok:
             raise v.fail(path, f"has a malformed layout entry {i} ({s!r:.160})")
-    return doc["slots"]
+    return doc
 
 
 def _wanted(slots: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
@@ -68,8 +68,10 @@ def _wanted(slots: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
 def read(data: bytes, *, path: str) -> v.Checked:
     """Parse and check ``trees.safetensors``; nothing is built. Raises MalformedArtifactError."""
     arrays, meta = v.load(data, path=path)
-    slots = _slots(meta, path=path)
+    doc = _slots(meta, path=path)
+    slots = doc["slots"]
     v.expect(arrays, _wanted(slots), path=path)
+    arrays.update(v.node_fields(arrays["node.records"], v.node_dtype(doc["node_dtype"], path=path), path=path))
     value_offsets, class_offsets = v.check_trees(arrays, path=path)
     v.check_predictors(arrays, path=path)
     ends = {"tree": 0, "hgb": 0}
@@ -219,11 +221,14 @@ class _Builder:
 
         a = self.a
         start, stop = int(a["tree.node_offsets"][t]), int(a["tree.node_offsets"][t + 1])
-        if set(NODE_DTYPE.names) != set(v.TREE_FIELDS):
+        if a["node.view"].dtype == NODE_DTYPE:
+            nodes = a["node.view"][start:stop]  # __setstate__ copies it into the tree: the one copy
+        elif set(NODE_DTYPE.names) == set(v.TREE_FIELDS):
+            nodes = np.empty(stop - start, dtype=NODE_DTYPE)
+            for f in v.TREE_FIELDS:
+                nodes[f] = a[f"node.{f}"][start:stop]
+        else:
             raise v.fail(self.path, "was written for a scikit-learn whose tree node layout differs from the installed one")
-        nodes = np.empty(stop - start, dtype=NODE_DTYPE)
-        for f in v.TREE_FIELDS:
-            nodes[f] = a[f"node.{f}"][start:stop]
         n_classes = a["tree.n_classes"][self.c.class_offsets[t]:self.c.class_offsets[t + 1]].astype(np.intp)
         n_outputs = int(a["tree.n_outputs"][t])
         values = a["tree.value"][self.c.value_offsets[t]:self.c.value_offsets[t + 1]]

@@ -31,9 +31,12 @@ LAYOUT = 1
 _DTYPES = {"F64": "<f8", "I64": "<i8", "U32": "<u4", "U8": "|u1"}
 _CODES = {np.dtype(v).str: k for k, v in _DTYPES.items()}
 
-# scikit-learn's node records, field by field (``sklearn.tree._tree.NODE_DTYPE`` and HGB's
-# ``PREDICTOR_RECORD_DTYPE``). A column per field: checks read one contiguous array each, and a
-# scikit-learn that reorders its record still loads (fields are matched by name).
+# The fields of scikit-learn's node records (``sklearn.tree._tree.NODE_DTYPE`` and HGB's
+# ``PREDICTOR_RECORD_DTYPE``) and their exact dtypes. Tree nodes are stored as the records
+# themselves (``node.records``, one row of bytes per node, layout recorded in the file): a
+# tree's slice goes to ``Tree.__setstate__`` without being reassembled, and when the installed
+# scikit-learn lays the record out differently the fields are copied by name. HGB nodes are few
+# and stored one column per field.
 TREE_FIELDS: dict[str, str] = {
     "left_child": "<i8", "right_child": "<i8", "feature": "<i8", "threshold": "<f8",
     "impurity": "<f8", "n_node_samples": "<i8", "weighted_n_node_samples": "<f8",
@@ -48,7 +51,7 @@ HGB_FIELDS: dict[str, str] = {
 BASE_ARRAYS: dict[str, tuple[str, int]] = {
     "tree.node_offsets": ("<i8", 1), "tree.n_features": ("<i8", 1), "tree.n_outputs": ("<i8", 1),
     "tree.n_classes": ("<i8", 1), "tree.max_depth": ("<i8", 1), "tree.value": ("<f8", 1),
-    **{f"node.{k}": (v, 1) for k, v in TREE_FIELDS.items()},
+    "node.records": ("|u1", 2),
     "hgb.node_offsets": ("<i8", 1), "hgb.n_features": ("<i8", 1),
     "hgb.binned_bitsets": ("<u4", 2), "hgb.binned_offsets": ("<i8", 1),
     "hgb.raw_bitsets": ("<u4", 2), "hgb.raw_offsets": ("<i8", 1),
@@ -76,7 +79,11 @@ def dump(arrays: Mapping[str, list[np.ndarray]], dtypes: Mapping[str, str], shap
     Parts are written one after another (never concatenated in memory first), largest items
     first so every array starts aligned to its item size, and the header is padded to 8 bytes.
     """
-    order = sorted(arrays, key=lambda n: (-np.dtype(dtypes[n]).itemsize, n))
+    def align(name: str) -> int:
+        row = np.dtype(dtypes[name]).itemsize * int(np.prod(shapes[name][1:], dtype=np.int64))
+        return 8 if row and row % 8 == 0 else np.dtype(dtypes[name]).itemsize
+
+    order = sorted(arrays, key=lambda n: (-align(n), n))
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
     for name in order:
@@ -208,6 +215,31 @@ def _check_structure(children: tuple[np.ndarray, np.ndarray], leaf: np.ndarray, 
     feat = np.where(leaf, 0, feature)
     if np.any(feat < 0) or np.any(feat >= limit):
         raise fail(path, f"has a {what}split on a feature index out of range")
+
+
+def node_dtype(doc: Any, *, path: str) -> np.dtype:
+    """The node record layout the file declares: exactly our fields and dtypes, inside the record."""
+    ok = isinstance(doc, dict) and set(doc) == {"names", "formats", "offsets", "itemsize"} and all(
+        isinstance(doc[k], list) and len(doc[k]) == len(TREE_FIELDS) for k in ("names", "formats", "offsets")
+    ) and type(doc["itemsize"]) is int and 0 < doc["itemsize"] <= 256
+    if ok:
+        ok = sorted(doc["names"]) == sorted(TREE_FIELDS) and all(
+            TREE_FIELDS[n] == f and type(o) is int and o >= 0 for n, f, o in zip(doc["names"], doc["formats"], doc["offsets"])
+        )
+    if ok:
+        spans = sorted((o, o + np.dtype(f).itemsize) for f, o in zip(doc["formats"], doc["offsets"]))
+        ok = spans[-1][1] <= doc["itemsize"] and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    if not ok:
+        raise fail(path, "declares a node record layout that is not scikit-learn's tree node")
+    return np.dtype({"names": doc["names"], "formats": doc["formats"], "offsets": doc["offsets"], "itemsize": doc["itemsize"]})
+
+
+def node_fields(records: np.ndarray, dtype: np.dtype, *, path: str) -> dict[str, np.ndarray]:
+    """Zero-copy views of the node records (``node.view``) and of each field (``node.<field>``)."""
+    if records.shape[1] != dtype.itemsize:
+        raise fail(path, f"has node records of {records.shape[1]} bytes for a {dtype.itemsize}-byte layout")
+    view = records.reshape(-1).view(dtype)
+    return {"node.view": view, **{f"node.{f}": view[f] for f in TREE_FIELDS}}
 
 
 def check_trees(a: Mapping[str, np.ndarray], *, path: str) -> tuple[np.ndarray, np.ndarray]:
