@@ -15,8 +15,10 @@ cannot read different names. For a protected alias the version must carry a ``sa
 tag equal to the digest of its current artifacts (downloaded server-side from the artifact store),
 pass the full verification under the server's policy (``MLFLOW_SAFEFLAVOR_PUBLIC_KEY``,
 ``MLFLOW_SAFEFLAVOR_TRUSTED_TYPES``) and, unless ``MLFLOW_SAFEFLAVOR_GATE_SMOKE_TEST=false``, the
-subprocess smoke test; otherwise the answer is 403 ``PERMISSION_DENIED``. Every other request
-passes through untouched.
+subprocess smoke test; otherwise the answer is 403 ``PERMISSION_DENIED``. When the registry or
+artifact store cannot be read (the database is down: MLflow's 5xx errors) the answer is 503
+``TEMPORARILY_UNAVAILABLE`` instead, so the alias stays unset without recording a verdict and
+clients retry. Every other request passes through untouched.
 """
 
 from __future__ import annotations
@@ -94,6 +96,15 @@ def _guard_alias_request(protected: frozenset[str], smoke: bool) -> Any:
     try:
         refusal = check_version_server_side(name, version, alias, smoke=smoke)
     except Exception as exc:  # fail closed: an alias the gate cannot check is not set
+        if isinstance(exc, MlflowException) and exc.get_http_status_code() >= 500:
+            # The registry or artifact store is unavailable (e.g. the database is down): not a
+            # verdict on the version. 503 keeps the alias unset and tells clients to retry.
+            _logger.warning("safeflavor-gate: cannot check %s version %s now: %s", name, version, str(exc.message)[:300])
+            return _json_response(503, {
+                "error_code": "TEMPORARILY_UNAVAILABLE",
+                "message": (f"the gate cannot check model {name!r} version {version} right now: the tracking "
+                            f"server's store is unavailable ({str(exc.message)[:300]}); the alias was not set. Retry."),
+            })
         _logger.exception("safeflavor-gate: checking %s version %s failed", name, version)
         refusal = (f"the gate could not verify model {name!r} version {version} "
                    f"({type(exc).__name__}: {str(exc)[:300]}); the alias was not set")
@@ -122,6 +133,8 @@ def check_version_server_side(name: str, version: str, alias: str, *, smoke: boo
         mv = store.get_model_version(name=name, version=version)
         uri = store.get_model_version_download_uri(name, version)
     except MlflowException as exc:
+        if exc.get_http_status_code() >= 500:
+            raise  # the store is unavailable: answered 503 by the caller, not refused
         return f"model {name!r} version {version!r} cannot be read ({str(exc.message)[:200]}); no alias was set"
     if _is_prompt_version(store, name, uri):
         return None
