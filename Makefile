@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: venv sysdeps demo test unit integration fuzz bench clean
+.PHONY: venv sysdeps demo test lint unit integration fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,17 @@ demo: $(BIN)/python
 sysdeps:
 	./scripts/system-deps.sh
 
-## test: install dev dependencies and Debian packages, run unit and integration tests
+## test: install dev dependencies and Debian packages, lint, run unit and integration tests, then
+## the second MLflow leg (test-mlflow-next)
 test: $(BIN)/python sysdeps
 	$(PIP) install --quiet -e ".[dev]"
+	$(BIN)/ruff check mlflow_safeflavor tests integration benchmarks
 	$(BIN)/python -m pytest tests integration
+	$(MAKE) test-mlflow-next
+
+## lint: ruff (configuration in pyproject.toml)
+lint: $(BIN)/python
+	$(BIN)/ruff check mlflow_safeflavor tests integration benchmarks
 
 unit: $(BIN)/python
 	$(BIN)/python -m pytest tests
@@ -40,10 +47,11 @@ MLFLOW_NEXT ?= 3.18.0
 test-mlflow-next: sysdeps
 	PYTHON=$(PYTHON) ./scripts/mlflow-leg.sh $(MLFLOW_NEXT)
 
-## fuzz: the long fuzzing profile (hypothesis; thousands of mutated models)
+## fuzz: the exploring profile: a random seed, FUZZ_PER_CODEC mutated models per codec (default
+## 10000), failures appended to tests/fuzz_corpus/ (which `make test` replays)
 fuzz: $(BIN)/python
 	$(PIP) install --quiet -e ".[dev]"
-	SAFEFLAVOR_FUZZ_EXAMPLES=$${SAFEFLAVOR_FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/test_fuzz.py --hypothesis-show-statistics -q
+	$(BIN)/python tests/fuzz_campaign.py --per-codec $${FUZZ_PER_CODEC:-10000} --jobs $${FUZZ_JOBS:-2} $${FUZZ_SEED:+--seed $$FUZZ_SEED}
 
 ## bench: print the save/load/predict comparison table (not a test)
 bench: $(BIN)/python

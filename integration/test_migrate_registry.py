@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import mlflow
 import numpy as np

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import numpy as np

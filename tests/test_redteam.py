@@ -22,7 +22,6 @@ import yaml
 from hostile import edit_mlmodel, pickle_that_touches, replace_payload, skops_calling
 
 import mlflow_safeflavor as sf
-from mlflow_safeflavor.integrity import sha256_digest
 
 
 @dataclass

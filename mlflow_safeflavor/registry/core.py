@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
-
-from mlflow_safeflavor import integrity
-from mlflow_safeflavor.errors import InvalidArgumentError, PromotionRejectedError, SafeFlavorError
+from mlflow_safeflavor.errors import InvalidArgumentError, SafeFlavorError
+from mlflow_safeflavor.errors import PromotionRejectedError  # noqa: F401 - re-exported where it used to live
 
 from mlflow_safeflavor.loader.versions import (  # re-exported: the tag names live with the download that checks them
     TAG_POLICY,
