@@ -19,6 +19,9 @@ directly, including the raw native crash it exists to contain.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import shutil
 import time
 import uuid
@@ -234,6 +237,20 @@ def test_artifacts_swapped_after_promotion_are_refused_at_load_and_by_the_plugin
             assert name in exc.value.message and "changed after" in exc.value.message
         with pytest.raises(IntegrityError, match=TAG_VERIFIED):
             mlflow_safeflavor.load_pyfunc(f"models:/{name}@candidate")
+        # Every other path downloads through loader.download and compares the tag the same way.
+        from mlflow_safeflavor.report import inspect_model
+        from mlflow_safeflavor.verify import verify_model
+
+        for check in (verify_model, inspect_model):
+            with pytest.raises(IntegrityError, match=TAG_VERIFIED):
+                check(f"models:/{name}@candidate")
+        with pytest.raises(IntegrityError, match=TAG_VERIFIED):
+            mlflow_safeflavor.sign_model(f"models:/{name}@candidate", gate_stack.keys["private"])
+        served = subprocess.run(
+            [sys.executable, "-m", "mlflow_safeflavor.cli", "serve", f"models:/{name}@candidate", "--port", "1"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": gate_stack.gated.url},
+        )
+        assert served.returncode != 0 and TAG_VERIFIED in served.stdout + served.stderr, served.stderr[-2000:]
 
         with pytest.raises(MlflowException) as refused:
             client.set_registered_model_alias(name, "champion", version)

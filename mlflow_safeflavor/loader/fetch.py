@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 from mlflow_safeflavor.errors import InvalidArgumentError
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # runs:, models:, s3:, file:, ... (not a bare path)
 
 
 def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_registry: bool = True) -> str:
@@ -24,7 +27,7 @@ def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_regi
     if not isinstance(model_uri, (str, os.PathLike)):
         raise InvalidArgumentError(f"model_uri must be a string, got {type(model_uri).__name__}.")
     uri = os.fspath(model_uri)
-    if "://" not in uri and ":/" not in uri.split(os.sep, 1)[0] and not os.path.exists(uri):
+    if not _SCHEME.match(uri) and not os.path.exists(uri):
         raise InvalidArgumentError(
             f"{uri}: no such file or directory. Pass the path of a saved model directory or an "
             "MLflow model URI (runs:/<run_id>/<name>, models:/<name>@<alias>, models:/<name>/<version>)."
