@@ -275,19 +275,35 @@ def check_trees(a: Mapping[str, np.ndarray], *, path: str) -> tuple[np.ndarray, 
     depth = a["tree.max_depth"]
     if np.any(depth < 0) or np.any(depth >= counts):
         raise fail(path, "has a tree whose max_depth is out of range")
-    left, right = a["node.left_child"], a["node.right_child"]
-    leaf = left == -1
-    if not np.array_equal(leaf, right == -1):
-        raise fail(path, "has a node with exactly one child")
-    # scikit-learn appends children after their parent: forward edges within the tree also
-    # prove there is no cycle.
-    _check_structure((left, right), leaf, a["node.feature"], n_features, counts, a["tree.node_offsets"][:-1],
-                     what="", path=path)
-    # +inf is a real threshold (the split that sends only missing values right); NaN is not.
-    nan = np.isnan(a["node.threshold"])
-    if nan.any() and np.any(nan & ~leaf):
-        raise fail(path, "has a NaN split threshold")
+    # The node fields are strided views into the records: checked a group of trees at a time so
+    # that each group's records stay in cache across the passes over their fields.
+    offs = a["tree.node_offsets"]
+    for t0, t1 in _groups(offs):
+        lo, hi = int(offs[t0]), int(offs[t1])
+        left, right = a["node.left_child"][lo:hi], a["node.right_child"][lo:hi]
+        leaf = left == -1
+        if not np.array_equal(leaf, right == -1):
+            raise fail(path, "has a node with exactly one child")
+        # scikit-learn appends children after their parent: forward edges within the tree also
+        # prove there is no cycle.
+        _check_structure((left, right), leaf, a["node.feature"][lo:hi], n_features[t0:t1], counts[t0:t1],
+                         offs[t0:t1] - lo, what="", path=path)
+        # +inf is a real threshold (the split that sends only missing values right); NaN is not.
+        nan = np.isnan(a["node.threshold"][lo:hi])
+        if nan.any() and np.any(nan & ~leaf):
+            raise fail(path, "has a NaN split threshold")
     return value_offsets, class_offsets
+
+
+def _groups(node_offsets: np.ndarray, size: int = 1 << 13) -> list[tuple[int, int]]:
+    """Consecutive tree ranges of about ``size`` nodes each (one tree when it is larger)."""
+    out, t0, n = [], 0, len(node_offsets) - 1
+    while t0 < n:
+        t1 = int(np.searchsorted(node_offsets, node_offsets[t0] + size, side="right")) - 1
+        t1 = min(max(t1, t0 + 1), n)
+        out.append((t0, t1))
+        t0 = t1
+    return out
 
 
 def check_predictors(a: Mapping[str, np.ndarray], *, path: str) -> None:
