@@ -251,6 +251,10 @@ def test_artifacts_swapped_after_promotion_are_refused_at_load_and_by_the_plugin
             capture_output=True, text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": gate_stack.gated.url},
         )
         assert served.returncode != 0 and TAG_VERIFIED in served.stdout + served.stderr, served.stderr[-2000:]
+        # MLflow's own loaders (load_model, models serve, spark_udf's executors) download models:/ URIs
+        # themselves and reach our _load_pyfunc with the copy: it still meets the tag.
+        with pytest.raises(IntegrityError, match=TAG_VERIFIED):
+            mlflow.pyfunc.load_model(f"models:/{name}@candidate")
 
         with pytest.raises(MlflowException) as refused:
             client.set_registered_model_alias(name, "champion", version)

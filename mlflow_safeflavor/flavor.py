@@ -328,6 +328,8 @@ def _load_pyfunc(path: str, model_config: Any = None) -> "SafeFlavorPyfunc":
         backend = _resolve_backend(None)
     else:
         backend = _resolve_backend(chosen, source="model_config backend=")
+    # MLflow's own loaders reach us with a local copy; a models:/ copy still meets its registry tag.
+    _loader.check_registered_copy(_loader.model_root(path))
     prep = _load_local(path, None)
     runner = _onnx_runner(prep, backend)
     return SafeFlavorPyfunc(prep.model, prep.codec, prep.record.predict_method, onnx=runner, backend=backend)

@@ -7,6 +7,7 @@ Every path that decides about a model — ``load_model``, ``load_pyfunc``, MLflo
 
 from mlflow_safeflavor.loader.fetch import download
 from mlflow_safeflavor.loader.pipeline import STEP_NAMES, check_local, load_local, run
+from mlflow_safeflavor.loader.versions import check_registered_copy
 from mlflow_safeflavor.loader.steps import LOADER_MODULE, PICKLE_SUFFIXES, Options, Progress, model_root
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Options",
     "Progress",
     "check_local",
+    "check_registered_copy",
     "download",
     "load_local",
     "model_root",

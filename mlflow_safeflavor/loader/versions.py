@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hmac
 import os
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 
 from mlflow_safeflavor import integrity
-from mlflow_safeflavor.errors import IntegrityError, InvalidArgumentError
+from mlflow_safeflavor.errors import IntegrityError, InvalidArgumentError, SafeFlavorError
 from mlflow_safeflavor.signing import SIGNATURE_FILE
 
 # The registry gate (registry.core) writes these tags; the download compares with them.
@@ -35,8 +36,6 @@ def artifact_digest(root: str | os.PathLike) -> str:
     excluded: the signature is checked on its own, and leaving it out lets the gate sign after
     verifying without changing what it verified. Symlinks and special files raise IntegrityError.
     """
-    from pathlib import Path
-
     files = integrity.ModelFiles(Path(os.path.abspath(os.fspath(root))))
     return integrity.tree_digest(files, [n for n in files.listing() if n != SIGNATURE_FILE])
 
@@ -164,3 +163,49 @@ def download_registered(model_uri: str, dst_path: str | None = None, *, check_ta
                 path=local,
             )
     return os.path.join(local, sub_path) if sub_path else local
+
+
+# MLflow's ModelsArtifactRepository writes this file into every models:/ download (name, version).
+REGISTERED_MODEL_META = "registered_model_meta"
+_TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def check_registered_copy(root: str | os.PathLike) -> None:
+    """Compare a directory MLflow downloaded from ``models:/`` with its version's ``safeflavor.verified`` tag.
+
+    MLflow's own loaders (``mlflow.pyfunc.load_model("models:/...")``, ``mlflow models serve``,
+    ``mlflow.pyfunc.spark_udf`` on every executor) download through ``ModelsArtifactRepository``,
+    which writes ``registered_model_meta`` (the model name and version) into the copy, and then
+    call our ``_load_pyfunc`` with a local path. When that file is present and a registry is
+    configured in the environment (``MLFLOW_TRACKING_URI`` or ``MLFLOW_REGISTRY_URI``), the copy —
+    without that file — must hash to the version's tag, if it has one, or IntegrityError names the
+    tag. Without a configured registry (a model baked into an image) there is nothing to ask.
+    """
+    import yaml
+
+    path = os.path.join(os.fspath(root), REGISTERED_MODEL_META)
+    if not os.path.isfile(path) or not any(os.environ.get(k) for k in _TRACKING_ENV):
+        return
+    try:
+        meta = yaml.safe_load(integrity.read_file(Path(os.fspath(root)), REGISTERED_MODEL_META, max_bytes=64 * 1024))
+        name, version = str(meta["model_name"]), str(meta["model_version"])
+    except (SafeFlavorError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise IntegrityError(
+            f"{path}: not the name/version file MLflow writes into a models:/ download "
+            f"({type(exc).__name__}). Download the model again.",
+            path=os.fspath(root),
+        ) from None
+    mv = get_version(get_client(), name, version)
+    expected = (mv.tags or {}).get(TAG_VERIFIED)
+    if not expected:
+        return
+    files = integrity.ModelFiles(Path(os.path.abspath(os.fspath(root))))
+    actual = integrity.tree_digest(files, [n for n in files.listing() if n not in (SIGNATURE_FILE, REGISTERED_MODEL_META)])
+    if not hmac.compare_digest(actual, expected):
+        raise IntegrityError(
+            f"models:/{name}/{version} (downloaded to {root}): the artifacts hash to {actual}, but the "
+            f"version's {TAG_VERIFIED} tag records {expected}. They were changed after the registry "
+            "gate verified them; do not load them — restore the original artifacts, or register the "
+            "new ones as a new version and promote it.",
+            path=os.fspath(root),
+        )
