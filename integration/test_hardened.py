@@ -308,7 +308,7 @@ def test_mlflow_models_serve_obeys_the_switch(servers, zoo_cases, name):
 
 
 @pytest.fixture(scope="module")
-def spark_rows(spark, zoo_cases):
+def spark_rows(spark, zoo_cases):  # noqa: F811 (the imported fixture)
     """XGBoost's zoo rows as a one-partition Spark DataFrame; Spark's Python workers get the switch
     too (a UDF's environment is the context's ``environment``, whatever the JVM started with)."""
     spark.sparkContext.environment[SWITCH] = "false"
@@ -316,20 +316,20 @@ def spark_rows(spark, zoo_cases):
     return pdf, spark.createDataFrame(pdf).coalesce(1)
 
 
-def test_safeflavor_spark_udf_scores_in_hardened_mode(spark, spark_rows, models, zoo_cases):
+def test_safeflavor_spark_udf_scores_in_hardened_mode(spark, spark_rows, models, zoo_cases):  # noqa: F811 (the imported fixture)
     pdf, sdf = spark_rows
     udf = mlflow_safeflavor.spark_udf(spark, str(models.ours_xgb), result_type="long")
     got = sdf.select(udf(*pdf.columns).alias("p")).toPandas()["p"].to_numpy()
     assert_predictions(zoo_cases["xgboost"].model.predict(pdf), got, "safeflavor spark_udf")
 
 
-def test_safeflavor_spark_udf_refuses_hostile_model_on_the_driver(spark, models, marker_env):
+def test_safeflavor_spark_udf_refuses_hostile_model_on_the_driver(spark, models, marker_env):  # noqa: F811 (the imported fixture)
     with pytest.raises(SafeFlavorError, match="loader_module"):
         mlflow_safeflavor.spark_udf(spark, str(models.hostile_code))
     assert not marker_env.exists()
 
 
-def test_mlflow_spark_udf_obeys_the_switch_on_executors(spark, spark_rows, models):
+def test_mlflow_spark_udf_obeys_the_switch_on_executors(spark, spark_rows, models):  # noqa: F811 (the imported fixture)
     """MLflow's UDF is created (the driver loads nothing) and its task refuses the model on 3.18
     (ours: every pyfunc model) and on 3.17 (the pickled one)."""
     import mlflow.pyfunc

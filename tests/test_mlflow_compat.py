@@ -148,8 +148,11 @@ def test_prompts_registry_uri_and_active_experiment_on_a_real_store(tmp_path, mo
     import mlflow
     from mlflow import MlflowClient
 
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
     uri = f"sqlite:///{tmp_path / 'p.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # set_tracking_uri, not the environment: an earlier test's set_tracking_uri would win over it.
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert compat.client_registry_uri(client) == uri
     mlflow.genai.register_prompt(name="greeting", template="Hello {{name}}")
@@ -159,11 +162,13 @@ def test_prompts_registry_uri_and_active_experiment_on_a_real_store(tmp_path, mo
     assert compat.is_prompt(store.get_registered_model("greeting"))
     client.create_registered_model("plain")
     assert not compat.is_prompt(store.get_registered_model("plain"))
+    from mlflow.tracking import fluent
+
+    # set_experiment's global and environment variable, both restored after the test.
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     experiment_id = mlflow.set_experiment("compat-check").experiment_id
-    try:
-        assert compat.active_experiment_id() == experiment_id
-    finally:
-        mlflow.set_experiment(experiment_id=mlflow.tracking.fluent._get_experiment_id())
+    assert compat.active_experiment_id() == experiment_id
 
 
 def test_default_await_registration_is_mlflows_default():
