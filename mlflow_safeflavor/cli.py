@@ -115,8 +115,11 @@ def serve_cmd(model_uri: str, host: str, port: int, workers: int, timeout: int |
 @click.option("--signing-key", default=None, type=click.Path(exists=True, dir_okay=False), help="The gate's EC private key (PEM): sign the verified artifacts and upload model.sig.")
 @click.option("--signing-password", default=None, envvar="MLFLOW_SAFEFLAVOR_SIGNING_PASSWORD", help="Password of the signing key, if encrypted.")
 @_trusted_option
+@click.option("--reapprove", is_flag=True, default=False,
+              help="Verify and tag a version whose artifacts no longer match its safeflavor.verified tag "
+                   "(evidence of tampering otherwise refused); the old digest is recorded as reapproved_from.")
 def promote_cmd(name: str, version: str, alias: str, public_keys: tuple[str, ...], signing_key: str | None,
-                signing_password: str | None, trusted_types: str | None) -> None:
+                signing_password: str | None, trusted_types: str | None, reapprove: bool) -> None:
     """Verify, smoke-test, optionally sign and tag model version NAME/VERSION, then set --alias.
 
     A version that fails is tagged safeflavor.rejected with the reason, gets no alias, and the
@@ -125,7 +128,7 @@ def promote_cmd(name: str, version: str, alias: str, public_keys: tuple[str, ...
     from mlflow_safeflavor.registry import promote
 
     result = promote(name, version, alias, public_key=list(public_keys) or None, signing_key=signing_key,
-                     signing_password=signing_password, trusted_types=trusted_types)
+                     signing_password=signing_password, trusted_types=trusted_types, reapprove=reapprove)
     click.echo(f"promoted {result.name} version {result.version} to @{result.alias} "
                f"(safeflavor.verified={result.digest}{', signed' if result.signed else ''})")
 
