@@ -9,8 +9,8 @@
 # 2026-12-05: mlflow-tracing==3.18.0 is not on the index yet) does it install the project as the pin
 # resolves and put mlflow/mlflow-skinny VERSION over it with --no-deps; once the index has the
 # missing sub-package the plain resolve succeeds and the fallback is never used again. A stamp in
-# the venv (pyproject's digest + VERSION + how it was installed) skips the install on the next run,
-# which would otherwise undo a --no-deps install by re-resolving mlflow's own requirements.
+# the venv (pyproject's digest + VERSION + how it was installed) lets the next run skip the
+# install, or only retry the plain resolve, instead of undoing a --no-deps install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,15 +63,23 @@ fi
 echo "mlflow-leg: ${venv}: mlflow ${got} ($(cut -d' ' -f3 "$stamp") install)"
 [ "$install_only" -eq 1 ] && exit 0
 
-# The subset (about 6 minutes on 2 cores): compat adapters and the web page's API (tests/),
-# hardened mode end to end (load, serve, Spark, promote, gate, convert, UI), the registry gate and
-# webhook against real servers, and `mlflow-safeflavor serve` against MLflow's scoring protocol.
+# MLflow warns at every import that mlflow-tracing is older than mlflow: true, and known, for a
+# --no-deps install. Silenced for that case only, so commands' stderr (which tests read) is theirs.
+if grep -q ' no-deps$' "$stamp"; then
+    export PYTHONWARNINGS="ignore:Versions of mlflow:UserWarning${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
+fi
+
+# The subset (about 4 minutes on an idle 2-core machine, 10 under the full suite's load):
+# - tests/test_mlflow_compat.py: every adapter of _mlflow_compat against this MLflow, and the guard;
+# - integration/test_hardened.py: MLflow's switch off — load_model/load_pyfunc, `mlflow-safeflavor
+#   serve` over HTTP, spark_udf on Spark local[2], promote against `mlflow server --app-name
+#   safeflavor-gate`, convert, and the web page's API; MLflow's own load/serve/spark_udf refusing;
+# - integration/test_registry.py on sqlite: the gate plugin on both alias routes, the webhook
+#   receiver with MLflow's webhooks, signatures (the PostgreSQL stack is the main leg's).
 SUBSET=(
     tests/test_mlflow_compat.py
-    tests/test_ui_api.py
     integration/test_hardened.py
     integration/test_registry.py
-    integration/test_serving.py
 )
 export PYSPARK_PYTHON="${PWD}/${py}"
-exec "$py" -m pytest -q "${SUBSET[@]}" "$@"
+exec "$py" -m pytest -q "${SUBSET[@]}" -k "not postgresql" "$@"
