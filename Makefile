@@ -39,9 +39,9 @@ unit: $(BIN)/python
 integration: $(BIN)/python
 	$(BIN)/python -m pytest integration
 
-## test-mlflow-next: the second CI leg — a subset (compat adapters, web page API, hardened mode,
-## registry gate and webhook, scoring servers) on the newest MLflow release in its own venv
-## (.venv-mlflow-$(MLFLOW_NEXT)); see scripts/mlflow-leg.sh for the install and the subset
+## test-mlflow-next: the second CI leg — a subset (compat adapters; hardened mode: loaders, serve,
+## Spark, promote + gate, convert, web page API; registry gate and webhook) on the newest MLflow
+## release in its own venv (.venv-mlflow-$(MLFLOW_NEXT)); scripts/mlflow-leg.sh has the details
 MLFLOW_NEXT ?= 3.18.0
 .PHONY: test-mlflow-next
 test-mlflow-next: sysdeps
