@@ -232,7 +232,11 @@ def _lgb_first_value(key: str, value: str):
 
 def skops_member_edit(case_name: str, edit: Callable[[zipfile.ZipFile, zipfile.ZipFile], None]):
     def build(work, marker, ctx):
-        path = _saved(case_name)(work, ctx["cases"])
+        if case_name.startswith("format1:"):  # trees inside model.skops exist only in format-1 models
+            path = work / "model"
+            shutil.copytree(Path(__file__).parent / "data" / "format1" / case_name.split(":", 1)[1], path)
+        else:
+            path = _saved(case_name)(work, ctx["cases"])
         src = zipfile.ZipFile(io.BytesIO((path / "model.skops").read_bytes()))
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w") as dst:
@@ -379,9 +383,9 @@ HOSTILE = [
     Hostile("lightgbm-wrong-tree-sizes", lgb_text_edit(_tree_sizes_wrong), "MalformedArtifactError", "tree_sizes", predict_on="lgb_reg"),
     Hostile("lightgbm-child-out-of-range", lgb_text_edit(_lgb_first_value("left_child", "9")), "MalformedArtifactError", "child", predict_on="lgb_reg"),
     Hostile("lightgbm-feature-out-of-range", lgb_text_edit(_lgb_first_value("split_feature", "9")), "MalformedArtifactError", "feature", predict_on="lgb_reg"),
-    Hostile("sklearn-tree-left-child-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("left_child", "left_child", -1), 10**6)), "MalformedArtifactError", "child index", predict_on="sk_rf_clf"),
-    Hostile("sklearn-tree-feature-out-of-range", skops_member_edit("sk_rf_clf", _npy_edit(("feature", "left_child", -1), 999)), "MalformedArtifactError", "feature index", predict_on="sk_rf_clf"),
-    Hostile("hgb-predictor-child-out-of-range", skops_member_edit("sk_hgb_reg", _npy_edit(("left", "is_leaf", 1), 10**6)), "MalformedArtifactError", "child index", predict_on="sk_hgb_reg"),
+    Hostile("sklearn-tree-left-child-out-of-range", skops_member_edit("format1:rf_clf", _npy_edit(("left_child", "left_child", -1), 10**6)), "MalformedArtifactError", "child index"),
+    Hostile("sklearn-tree-feature-out-of-range", skops_member_edit("format1:rf_clf", _npy_edit(("feature", "left_child", -1), 999)), "MalformedArtifactError", "feature index"),
+    Hostile("hgb-predictor-child-out-of-range", skops_member_edit("format1:hgb_clf", _npy_edit(("left", "is_leaf", 1), 10**6)), "MalformedArtifactError", "child index"),
     Hostile("skops-unreferenced-member", skops_member_edit("sk_ridge", _extra_member), "MalformedArtifactError", "does not reference"),
     Hostile("skops-duplicate-member", skops_member_edit("sk_ridge", _duplicate_member), "MalformedArtifactError", "duplicate"),
     Hostile("skops-object-dtype-member", skops_member_edit("sk_ridge", _object_npy), "MalformedArtifactError", "object-dtype"),
