@@ -8,6 +8,7 @@ model, and it must pass ``verify_model`` (digests, trust, no pickle).
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import shutil
@@ -21,7 +22,7 @@ import pickle_corpus as pc
 from mlflow_safeflavor import load_model
 from mlflow_safeflavor.cli import main
 from mlflow_safeflavor.codecs import codec_for
-from mlflow_safeflavor.errors import ConversionError, InvalidArgumentError
+from mlflow_safeflavor.errors import ConversionError, InvalidArgumentError, SafeFlavorError, UntrustedTypesError
 from mlflow_safeflavor.migrate import convert
 from mlflow_safeflavor.verify import verify_model
 
@@ -69,6 +70,9 @@ def _mlflow_sources(tmp_path):
     d = tmp_path / "lightgbm-pickle"
     mlflow.lightgbm.save_model(lgbm, d, serialization_format="pickle", input_example=X[:5])
     out["lightgbm-sklearn-pickle"] = (d, lgbm, X)
+    d = tmp_path / "lightgbm-skops"  # MLflow 3.17's default for sklearn-API LightGBM models
+    mlflow.lightgbm.save_model(lgbm, d, input_example=X[:5], pip_requirements=["lightgbm"])
+    out["lightgbm-sklearn-skops"] = (d, lgbm, X)
     booster, X = pc._lgbm_booster()
     d = tmp_path / "lightgbm-booster"
     mlflow.lightgbm.save_model(booster, d, input_example=X[:5])
@@ -91,7 +95,7 @@ def mlflow_sources(tmp_path_factory):
 
 
 @pytest.mark.parametrize("key", ["sklearn-pickle", "sklearn-cloudpickle", "lightgbm-sklearn-pickle",
-                                 "lightgbm-booster-native", "xgboost-native", "catboost-native"])
+                                 "lightgbm-sklearn-skops", "lightgbm-booster-native", "xgboost-native", "catboost-native"])
 def test_mlflow_builtin_flavor_model_converts_using_its_input_example(tmp_path, mlflow_sources, key):
     from mlflow.models import Model
 
@@ -203,3 +207,109 @@ def test_cli_convert_refusal_is_one_clear_error(tmp_path):
     assert res.exit_code == 1
     assert "posix.system" in res.output and "refused before unpickling" in res.output
     assert "Traceback" not in res.output and not marker.exists() and not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------ MLflow's default LightGBM format: skops
+
+def test_mlflow_default_lightgbm_skops_model_is_skops_and_converts(tmp_path, mlflow_sources):
+    """``mlflow.lightgbm.save_model(LGBMClassifier)`` writes skops; it converts under the converter's allowlist."""
+    src, model, sample = mlflow_sources["lightgbm-sklearn-skops"]
+    assert "serialization_format: skops" in (src / "MLmodel").read_text()
+    dest = tmp_path / "safe"
+    result = convert(str(src), dest_path=dest, sample_input=sample[:40])
+    assert result.source_format == "lightgbm flavor, skops" and result.rows_compared == 40
+    assert {"predict", "predict_proba"} <= set(result.methods)
+    _same_predictions(dest, model, sample[:40])
+    check = verify_model(str(dest))
+    assert check.ok, [c.detail for c in check.failures]
+    assert not list(dest.rglob("*.skops"))  # stored natively (model.txt), no skops left
+
+
+def test_scan_of_a_lightgbm_skops_model_says_what_it_judged(mlflow_sources):
+    src = mlflow_sources["lightgbm-sklearn-skops"][0]
+    res = CliRunner().invoke(main, ["scan", str(src)])
+    assert res.exit_code == 0, res.output
+    assert "nothing to unpickle" not in res.output and "skops" in res.output
+    assert "lightgbm.sklearn.LGBMClassifier" in res.output and "model class the lightgbm codec stores natively" in res.output
+    assert "model text(s) pass the LightGBM structure check" in res.output
+    assert "verdict: every type is allowed" in res.output
+
+
+def _skops_variant(src, tmp_path, edit):
+    import hostile
+
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    (bad / "model.skops").write_bytes(hostile._rewrite_schema((bad / "model.skops").read_bytes(), edit))
+    return bad
+
+
+def _booster_state(schema):
+    return schema["content"]["content"]["_Booster"]["content"]["content"]
+
+
+def test_crafted_lightgbm_text_in_a_skops_source_is_refused_before_native_code(tmp_path, mlflow_sources):
+    """``tree_sizes`` off by one: LightGBM aborts the process (SIGABRT); the validator refuses first."""
+    src, _, sample = mlflow_sources["lightgbm-sklearn-skops"]
+
+    def corrupt(schema):
+        handle = _booster_state(schema)["_handle"]
+        text = json.loads(handle["content"])
+        m = re.search(r"tree_sizes=(\d)", text)
+        handle["content"] = json.dumps(text[: m.start(1)] + ("9" if m.group(1) != "9" else "1") + text[m.end(1):])
+        return schema
+
+    bad = _skops_variant(src, tmp_path, corrupt)
+    scan = CliRunner().invoke(main, ["scan", str(bad)])
+    assert scan.exit_code == 1 and "LightGBM Booster model text" in scan.output and "PROBLEM" in scan.output
+    with pytest.raises(ConversionError) as err:
+        convert(str(bad), dest_path=tmp_path / "out", sample_input=sample[:5])
+    assert "LightGBM Booster model text" in err.value.message and "crashed" not in err.value.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_booster_text_hidden_behind_another_node_kind_is_refused(tmp_path, mlflow_sources):
+    """The model text must be a plain JSON string: any other node would reach LightGBM unchecked."""
+    src, _, sample = mlflow_sources["lightgbm-sklearn-skops"]
+
+    def wrap(schema):
+        state = _booster_state(schema)
+        state["_handle"] = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                            "content": [state["_handle"]]}
+        return schema
+
+    bad = _skops_variant(src, tmp_path, wrap)
+    with pytest.raises(ConversionError, match="is not the model text as a string"):
+        convert(str(bad), dest_path=tmp_path / "out", sample_input=sample[:5])
+
+
+def test_skops_source_types_are_judged_by_the_converter_not_mlmodel(tmp_path, mlflow_sources, monkeypatch):
+    """A type outside the converter's allowlist is refused before anything is imported (marker file),
+    whatever MLmodel's ``skops_trusted_types`` claims; trusting it explicitly does run its module."""
+    src, _, sample = mlflow_sources["lightgbm-sklearn-skops"]
+    marker = tmp_path / "MARKER"
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Evil(dict):\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mods"))
+
+    def retarget(schema):
+        factory = _booster_state(schema)["best_score"]["content"]["default_factory"]
+        factory["__module__"], factory["__class__"] = "evilmod", "Evil"
+        return schema
+
+    bad = _skops_variant(src, tmp_path, retarget)
+    mlmodel = (bad / "MLmodel").read_text().replace("- collections.OrderedDict", "- collections.OrderedDict\n    - evilmod.Evil")
+    (bad / "MLmodel").write_text(mlmodel)
+    scan = CliRunner().invoke(main, ["scan", str(bad)])
+    assert scan.exit_code == 1 and "REFUSED  evilmod.Evil" in scan.output
+    with pytest.raises(UntrustedTypesError) as err:
+        convert(str(bad), dest_path=tmp_path / "out", sample_input=sample[:5])
+    assert "evilmod.Evil" in err.value.message and err.value.types == ["evilmod.Evil"]
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    # The same file with the type trusted by the operator: skops imports the module (the marker
+    # appears), which is what the refusal above prevented.
+    try:
+        convert(str(bad), dest_path=tmp_path / "out2", sample_input=sample[:5], trusted_types=["evilmod.Evil"])
+    except SafeFlavorError:
+        pass  # whether the rest converts does not matter here; that the module ran does
+    assert marker.exists()

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.message if isinstance(exc, SafeFlavorError) else f"{type(exc).__name__}: {str(exc)[:500]}"
         Path(job["out"], "error.json").write_text(
             json.dumps({"type": type(exc).__name__, "message": msg,
-                        "findings": list(getattr(exc, "findings", []) or [])}),
+                        "findings": list(getattr(exc, "findings", None) or getattr(exc, "types", None) or [])}),
             encoding="utf-8",
         )
         report(False, msg)
@@ -73,24 +73,10 @@ def _load_source(job: dict[str, Any]) -> Any:
 
 
 def _load_skops(data: bytes, trusted: Any, label: str) -> Any:
-    """skops files from MLflow's sklearn flavor: the trust list comes from *our* policy, not MLmodel."""
-    import skops.io
+    """skops files from MLflow's sklearn/lightgbm flavors: judged by the converter's allowlist, not MLmodel."""
+    from mlflow_safeflavor.migrate import skops_source
 
-    from mlflow_safeflavor.errors import UntrustedTypesError
-    from mlflow_safeflavor.policy import loading_policy
-    from mlflow_safeflavor.validate import skops_zip
-
-    skops_zip.check(data, path=label)
-    policy = loading_policy(trusted)
-    needed = skops.io.get_untrusted_types(data=data)
-    refused = [t for t in needed if not policy.allows(t)]
-    if refused:
-        raise UntrustedTypesError(
-            f"{label}: the skops file needs types the loading policy does not allow: {', '.join(refused)}. "
-            "If you trust them, pass trusted_types=.",
-            types=refused,
-        )
-    return skops.io.loads(data, trusted=list(needed))
+    return skops_source.load(data, trusted, label)
 
 
 def _read_sample(spec: dict[str, Any]) -> Any:

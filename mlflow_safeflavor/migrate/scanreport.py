@@ -123,5 +123,6 @@ class ScanReport:
         if self.ok and not self.findings:
             lines.append("verdict: nothing to unpickle" if self.protocol is None else "verdict: the pickle imports nothing")
         else:
-            lines.append("verdict: " + ("every import is allowed" if self.ok else "refused"))
+            what = "type" if "skops" in self.container else "import"
+            lines.append("verdict: " + (f"every {what} is allowed" if self.ok else "refused"))
         return "\n".join(lines)

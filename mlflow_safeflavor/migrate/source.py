@@ -257,14 +257,20 @@ def scan_source(
     """Scan what :func:`convert` would unpickle for ``source`` (a pickle file or an MLflow model URI).
 
     For an MLflow model written with pickle or cloudpickle this downloads the model and scans its
-    payload; a native or skops payload has nothing to unpickle, which the report says in
-    ``container`` with no findings. The scan runs isolated under the scan budget (see
+    payload; a skops payload is judged type by type with the converter's allowlist and its LightGBM
+    model texts are validated (nothing is built); a native payload has nothing to unpickle, which
+    the report says in ``container`` with no findings. The scan runs isolated under the scan budget (see
     :func:`~mlflow_safeflavor.migrate.scan_pickle`; ``max_bytes``, ``cancel`` are passed on; with
     ``uri_only`` local paths are never tried). Raises InvalidArgumentError/UnsupportedModelError
     for a source :func:`convert` would not take either.
     """
     with tempfile.TemporaryDirectory(prefix="safeflavor-scan-") as tmp:
         src = resolve(source, Path(tmp), uri_only=uri_only)
+        if src.kind == "skops":
+            from mlflow_safeflavor.migrate import skops_source
+
+            return skops_source.scan(src.file.read_bytes(), label=f"{src.label} ({src.file.name})",
+                                     container=f"{src.flavor} flavor, skops", trusted_types=trusted_types)
         if src.kind != "pickle":
             return ScanReport(source=src.label, container=f"{src.flavor} flavor, {src.serialization} (nothing to unpickle)")
         label = src.label if src.root is None else f"{src.label} ({src.file.name})"
