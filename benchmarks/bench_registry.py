@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -186,6 +187,7 @@ def bench_config(label: str, pg: Any, keys: dict[str, Path], args: argparse.Name
         return out
     finally:
         stop_group(proc)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -198,7 +200,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    keys = _keys(Path(tempfile.mkdtemp(prefix="bench-registry-keys-")))
+    key_dir = Path(tempfile.mkdtemp(prefix="bench-registry-keys-"))
+    keys = _keys(key_dir)
     pg = start_postgres()
     rows = []
     try:
@@ -207,6 +210,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     finally:
         pg.remove()
+        shutil.rmtree(key_dir, ignore_errors=True)
     load = os.getloadavg()
     print(f"\nPostgreSQL, 4 workers, {args.clients} clients; load average {load[0]:.1f}/{load[1]:.1f}")
     print("| server | promotions/s | p50 ms | p95 ms | reads/s | read p50 ms | promote() s |")
