@@ -26,11 +26,15 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
 from typing import Any
 
 _logger = logging.getLogger(__name__)
 ALIAS_ENDPOINT = "_set_registered_model_alias"
 _INSTALLED_FLAG = "SAFEFLAVOR_GATE_INSTALLED"
+
+
+_EVALUATING = threading.Lock()
 
 
 def create_app(app: Any = None) -> Any:
@@ -144,7 +148,11 @@ def check_version_server_side(name: str, version: str, alias: str, *, smoke: boo
                 f"{TAG_VERIFIED} tag. Fix: {fix}.")
     with tempfile.TemporaryDirectory(prefix="safeflavor-gate-") as tmp:
         local = _download_server_side(uri, tmp)
-        verdict = evaluate(local, label=f"models:/{name}/{version}", expected_digest=expected, smoke=smoke)
+        # One evaluation at a time per worker process: Python 3.11's ast (behind numpy's .npy header
+        # parser, which skops and our zip checks call) is not thread-safe (CPython gh-106905), so
+        # two concurrent checks could refuse a good version. Workers still verify in parallel.
+        with _EVALUATING:
+            verdict = evaluate(local, label=f"models:/{name}/{version}", expected_digest=expected, smoke=smoke)
     if verdict.ok:
         return None
     return (f"@{alias} is a protected alias and model {name!r} version {version} fails the "
