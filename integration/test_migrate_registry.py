@@ -1,7 +1,8 @@
 """Migration against a real MLflow tracking server and registry.
 
 Versions registered with MLflow's own flavors (cloudpickle sklearn, pickled LightGBM wrapper), a
-version whose pickle was swapped for a malicious one, and a version already in the safe flavor:
+version whose pickle was swapped for a malicious one, a version already in the safe flavor, and a
+LightGBM wrapper in MLflow 3.17's default format (skops):
 ``convert(models:/...)`` registers a safe copy carrying the source's signature, input example and
 tags; ``mlflow-safeflavor convert --registry`` converts what it can, refuses the malicious one by
 name, skips the safe one, and is idempotent.
@@ -28,7 +29,7 @@ from mlflow_safeflavor.migrate.convert import TAG_CONVERTED_FROM
 
 @pytest.fixture(scope="module")
 def legacy(tracking_uri, tmp_path_factory):
-    """A registered model with four versions: cloudpickle sklearn, pickled LGBM, malicious, safe."""
+    """A registered model with five versions: cloudpickle sklearn, pickled LGBM, malicious, safe, skops LGBM."""
     tmp = tmp_path_factory.mktemp("legacy")
     name = f"legacy-{uuid.uuid4().hex[:6]}"
     client = MlflowClient()
@@ -56,6 +57,9 @@ def legacy(tracking_uri, tmp_path_factory):
     client.create_model_version(name, source=f"{run.info.artifact_uri}/m", run_id=run.info.run_id)
     with mlflow.start_run(experiment_id=exp):
         mlflow_safeflavor.log_model(pc._svc()[0], name="m", input_example=X[:3], registered_model_name=name)
+    with mlflow.start_run(experiment_id=exp):  # MLflow's default for LightGBM's sklearn API: skops
+        mlflow.lightgbm.log_model(lgbm, name="m", input_example=X[:5], pip_requirements=["lightgbm"],
+                                  registered_model_name=name)
     return {"name": name, "pipe": pipe, "sample": sample, "lgbm": lgbm, "X": X, "marker": marker}
 
 
@@ -77,10 +81,17 @@ def test_convert_registered_version_copies_signature_example_and_tags(legacy):
     np.testing.assert_array_equal(np.asarray(loaded.predict(legacy["sample"])), legacy["pipe"].predict(legacy["sample"]))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, command: str = "convert") -> subprocess.CompletedProcess:
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
     exe = shutil.which("mlflow-safeflavor", path=os.path.dirname(sys.executable))
-    return subprocess.run([exe, "convert", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([exe, command, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_scan_of_a_registered_skops_lightgbm_version_reports_what_it_judged(legacy):
+    res = _cli(f"models:/{legacy['name']}/5", command="scan")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "lightgbm flavor, skops" in res.stdout and "nothing to unpickle" not in res.stdout
+    assert "lightgbm.sklearn.LGBMClassifier" in res.stdout and "LightGBM structure check" in res.stdout
 
 
 def test_cli_converts_a_whole_registered_model(legacy):
@@ -91,7 +102,8 @@ def test_cli_converts_a_whole_registered_model(legacy):
     assert "converted" in rows["1"] and "converted" in rows["2"]
     assert "refused" in rows["3"] and "posix.system" in rows["3"]
     assert "skipped" in rows["4"] and "already safe flavor" in rows["4"]
-    assert "2 converted, 1 refused, 0 failed, 1 skipped" in first.stdout
+    assert "converted" in rows["5"], rows["5"]
+    assert "3 converted, 1 refused, 0 failed, 1 skipped" in first.stdout
     assert not legacy["marker"].exists()
 
     client = MlflowClient()
@@ -99,9 +111,11 @@ def test_cli_converts_a_whole_registered_model(legacy):
     lgbm_version = new[f"models:/{name}/2"]
     loaded = mlflow_safeflavor.load_model(f"models:/{name}/{lgbm_version}")
     np.testing.assert_array_equal(loaded.predict_proba(legacy["X"]), legacy["lgbm"].predict_proba(legacy["X"]))
+    from_skops = mlflow_safeflavor.load_model(f"models:/{name}/{new[f'models:/{name}/5']}")
+    np.testing.assert_array_equal(from_skops.predict_proba(legacy["X"]), legacy["lgbm"].predict_proba(legacy["X"]))
 
     again = _cli("--registry", name)
     rows = {line.split()[1]: line for line in again.stdout.splitlines() if line.startswith(name + " ")}
-    assert "converted earlier" in rows["1"] and "converted earlier" in rows["2"]
+    assert "converted earlier" in rows["1"] and "converted earlier" in rows["2"] and "converted earlier" in rows["5"]
     assert "0 converted" in again.stdout
-    assert len(client.search_model_versions(f"name = '{name}'")) == 6
+    assert len(client.search_model_versions(f"name = '{name}'")) == 8

@@ -1,6 +1,8 @@
 """The ``mlflow-safeflavor`` command: thin click commands over the library API.
 
-Every ``SafeFlavorError`` is turned into one message on stderr and exit code 1 in one place.
+Every ``SafeFlavorError``, ``MlflowException`` and ``OSError`` is turned into one line on stderr
+(the problem and the fix) and exit code 1 in one place, :class:`_Group`; ``--debug`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -15,19 +17,78 @@ from mlflow_safeflavor._version import __version__
 
 
 class _Group(click.Group):
+    """Every command's errors end here: one line naming the problem and the fix, exit 1 (``--debug``: the traceback)."""
+
     def invoke(self, ctx: click.Context) -> Any:
+        from mlflow.exceptions import MlflowException
+
         from mlflow_safeflavor.errors import SafeFlavorError
 
         try:
             return super().invoke(ctx)
-        except SafeFlavorError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (SafeFlavorError, MlflowException, OSError) as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {error_line(exc)}", err=True)
             sys.exit(1)
+
+
+def error_line(exc: BaseException) -> str:
+    """What the CLI prints for ``exc``: our own message as written, MLflow's and the OS's with the fix.
+
+    MLflow's messages can carry a server's whole response (or a retry history) and say nothing of
+    what to do, so only their first line is kept and a fix follows, chosen by MLflow's error code.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_safeflavor.errors import SafeFlavorError
+
+    if isinstance(exc, SafeFlavorError):
+        return exc.message
+    if isinstance(exc, MlflowException):
+        unreachable = connection_problem(str(exc.message))
+        if unreachable:
+            return (f"the MLflow tracking server did not answer ({unreachable}). Start it, or point MLFLOW_TRACKING_URI "
+                    "(--tracking-uri) at one that runs.")
+        text = str(exc.message).strip().splitlines()[0][:400] if str(exc.message).strip() else type(exc).__name__
+        return f"MLflow: {text.rstrip('.')}. {_mlflow_fix(exc.error_code)} (--debug shows the traceback)"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or exc}. Check the path and its permissions."
+    return f"{type(exc).__name__}: {exc}"
+
+
+def connection_problem(message: str) -> str | None:
+    """A short reason when an MLflow error says the server could not be reached, else None."""
+    lowered = message.lower()
+    for needle, reason in (("connection refused", "connection refused"), ("failed to establish", "connection refused"),
+                           ("timed out", "timed out"), ("name or service not known", "unknown host"),
+                           ("nodename nor servname", "unknown host"), ("max retries exceeded", "no answer after retries")):
+        if needle in lowered:
+            return reason
+    return None
+
+
+def _mlflow_fix(code: str) -> str:
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return "Check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) and the user's permissions."
+    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+        return ("Check the model URI (a local path, runs:/RUN_ID/PATH or models:/NAME/VERSION) and that MLFLOW_TRACKING_URI "
+                "points at the server that holds it.")
+    return ("Check the model URI (a local path, runs:/RUN_ID/PATH or models:/NAME/VERSION; models:/ needs MLFLOW_TRACKING_URI, "
+            "else MLflow uses ./mlflow.db).")
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="mlflow-safeflavor")
-def main() -> None:
+@click.option("--debug", is_flag=True, default=False, envvar="MLFLOW_SAFEFLAVOR_DEBUG",
+              help="Show the full traceback of an error instead of one line (also MLFLOW_SAFEFLAVOR_DEBUG=1).")
+def main(debug: bool) -> None:
     """Log, inspect and load MLflow models without pickle."""
 
 
@@ -252,6 +313,7 @@ def ui_cmd(host: str, port: int, tracking_uri: str | None, max_upload_mb: float 
 
     policy_record(by="promote", trusted_types=trusted_types, public_key=list(public_keys) or None,
                   signing_key=signing_key, signing_password=signing_password)  # checks keys before listening
+    check_tracking_server(tracking_uri)
     config = UIConfig.from_env(
         host=host, port=port, tracking_uri=tracking_uri, public_key=list(public_keys),
         max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
@@ -259,6 +321,46 @@ def ui_cmd(host: str, port: int, tracking_uri: str | None, max_upload_mb: float 
         trusted_types=trusted_types,
     )
     serve(config)
+
+
+# MLflow's client retries a failed request 7 times with exponential backoff and waits 120 s for each
+# answer: an unreachable server holds every page request for minutes, and Ctrl-C waits for them. The
+# page's requests get these bounds unless the operator set MLflow's variables.
+UI_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def check_tracking_server(tracking_uri: str | None) -> None:
+    """Bound MLflow's HTTP retries for this process and fail fast when the tracking server does not answer.
+
+    Applies :data:`UI_HTTP_LIMITS` (without overriding variables already set), then asks the server
+    for one registered model. Raises InvalidArgumentError naming the server and the fix when it does
+    not answer or refuses; a non-HTTP tracking URI (a database, a directory) is not probed.
+    """
+    import os
+
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_safeflavor.errors import InvalidArgumentError
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    for name, value in UI_HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+    try:
+        MlflowClient(tracking_uri=uri).search_registered_models(max_results=1)
+    except MlflowException as exc:
+        from mlflow_safeflavor.ui.app import shown_uri
+
+        problem = connection_problem(str(exc.message))
+        detail = f"did not answer ({problem})" if problem else f"answered {exc.error_code}: {' '.join(str(exc.message).split())[:200]}"
+        raise InvalidArgumentError(
+            f"the tracking server {shown_uri(uri)} {detail}. Start it, or pass --tracking-uri (or MLFLOW_TRACKING_URI) "
+            "naming a server this machine can reach and use."
+        ) from None
 
 
 @main.command("demo")

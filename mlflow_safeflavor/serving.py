@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Iterable
 
@@ -199,6 +200,31 @@ def _name_source(exc: Any, local: str, model_uri: str) -> None:
         exc.path = exc.path.replace(local, source)
 
 
+def ready_line(model: Any, model_uri: str, *, host: str, port: int, backend: str, workers: int) -> str:
+    """The line ``serve`` prints once it listens: where, what it loaded, and with which backend."""
+    impl = getattr(model, "_model_impl", None)
+    inner = getattr(impl, "model", None)
+    what = f"{type(inner).__name__}, {impl.codec.name} codec" if inner is not None and hasattr(impl, "codec") else "model"
+    export = "ONNX export ready" if getattr(impl, "onnx", None) is not None else "no ONNX export"
+    shown = f"[{host}]" if ":" in host else host
+    many = f", {workers} workers" if workers > 1 else ""
+    return (f"mlflow-safeflavor serve on http://{shown}:{port}/invocations: {model_uri} ({what}), "
+            f"backend {backend} ({export}){many}")
+
+
+def _ready_server(config: Any, line: str) -> Any:
+    """A uvicorn server that prints ``line`` once its socket is bound (log_level warning hides uvicorn's own)."""
+    import uvicorn
+
+    class ReadyServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(line, file=sys.stderr, flush=True)
+
+    return ReadyServer(config)
+
+
 def serve(
     model_uri: str,
     *,
@@ -239,9 +265,11 @@ def serve(
             raise
         if timeout:
             os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(timeout)
+        line = ready_line(model, model_uri, host=host, port=port, backend=backend, workers=workers)
         if workers <= 1:
-            uvicorn.run(_app_for(model), host=host, port=port, log_level="warning")
+            _ready_server(uvicorn.Config(_app_for(model), host=host, port=port, log_level="warning"), line).run()
             return
+        print(line, file=sys.stderr, flush=True)  # the supervisor binds the port just after this
         # Worker processes inherit the policy through the environment.
         extra = policy.parse_type_list(trusted_types, source="--trusted-types")
         if extra:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from mlflow_safeflavor import policy
 from mlflow_safeflavor.codecs import columnar
 from mlflow_safeflavor.codecs.base import Inspected, Saved
-from mlflow_safeflavor.errors import MalformedArtifactError, UnsupportedModelError, UntrustedTypesError
+from mlflow_safeflavor.errors import MalformedArtifactError, MissingDependencyError, UnsupportedModelError, UntrustedTypesError
 from mlflow_safeflavor.validate import skops_zip, sklearn_trees
 
 MODEL_FILE = "model.skops"
@@ -121,6 +121,8 @@ class SklearnCodec:
                 )
             try:
                 model = node.construct()
+            except ImportError as exc:  # a trusted type's package is not installed here: not a bad file
+                raise _missing_package(exc, required, path) from None
             except Exception as exc:
                 raise MalformedArtifactError(
                     f"{path}: skops could not rebuild the model ({type(exc).__name__}: {str(exc)[:200]}). "
@@ -157,6 +159,21 @@ def _not_skops(exc: Exception, path: str) -> MalformedArtifactError:
     return MalformedArtifactError(
         f"{path}: model.skops is not a valid skops file ({type(exc).__name__}: {str(exc)[:200]}). "
         "Re-save the model.",
+        path=path,
+    )
+
+
+def _missing_package(exc: ImportError, required: set[str], path: str) -> MissingDependencyError:
+    """Name the package a trusted type needs, the types it provides and the Python that lacks it."""
+    import sys
+
+    module = getattr(exc, "name", None) or str(exc)
+    types = sorted(t for t in required if t == module or t.startswith(f"{module}."))
+    needs = f" for {', '.join(types)}" if types else ""
+    return MissingDependencyError(
+        f"{path}: the model needs the Python module {module!r}{needs}, which this Python ({sys.executable}) "
+        "cannot import. The file is fine: install the package that provides it in the environment that loads "
+        "the model (or add its directory to PYTHONPATH), then load again.",
         path=path,
     )
 

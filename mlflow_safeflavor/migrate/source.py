@@ -8,6 +8,7 @@ flavor. Only names from MLmodel's flavor sections are read here — never the pa
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Iterable
 from mlflow_safeflavor.errors import InvalidArgumentError, UnsupportedModelError
 from mlflow_safeflavor.filekinds import PICKLE_SUFFIXES
 from mlflow_safeflavor.migrate.pickles import ScanReport, scan_pickle
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # runs:, models:, s3:, file: ... (as loader.fetch)
 
 # MLflow flavor ``model_class`` values → our codecs' class keys. Anything else is refused.
 _NATIVE_CLASS_KEYS = {
@@ -77,6 +80,13 @@ def resolve(source: str | os.PathLike, workdir: Path, *, uri_only: bool = False)
             "model directory.",
             path=text,
         )
+    elif not _SCHEME.match(text):
+        # A bare path that does not exist is a typo, not an artifact location to ask MLflow about.
+        raise InvalidArgumentError(
+            f"{text}: no such file or directory. Pass a pickle file ({', '.join(PICKLE_SUFFIXES)}), an MLflow model "
+            "directory or an MLflow model URI (runs:/<run_id>/<name>, models:/<name>/<version>).",
+            path=text,
+        )
     else:
         root, registered = _download(text, workdir / "source")
     mlmodel = root / "MLmodel"
@@ -117,7 +127,8 @@ def _download(uri: str, dst: Path) -> tuple[Path, tuple[str, str] | None]:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
         return Path(local).resolve(), None
     except MlflowException as exc:
-        raise InvalidArgumentError(f"{uri}: cannot be downloaded ({str(exc.message)[:300]}).", path=uri) from None
+        raise InvalidArgumentError(f"{uri}: cannot be downloaded ({' '.join(str(exc.message).split())[:300]}). "
+                                   "Check the URI and MLFLOW_TRACKING_URI.", path=uri) from None
 
 
 def _file_in(root: Path, name: Any, label: str) -> Path:
