@@ -32,6 +32,13 @@ Usage::
     python benchmarks/bench_core.py --models rf,xgb --json out.json
     python benchmarks/bench_core.py --quick --profile   # + cProfile of our save/load per model
 
+scikit-learn models also get a ``pickle`` contender (``pickle.dump``/``pickle.load`` of the same
+object to/from a file) for issue 15's targets: tree models (rf, et, hgb, pipe_rf) load ≤ 2×pickle
++ 5 ms and save ≤ 1.5×pickle + 50 ms; pipelines without trees (pipe_lr) load ≤ 1.2×raw skops +
+3 ms. ``--memory`` adds the peak-RSS row (RandomForest of 300 trees on 60k×30 by default): each
+load runs in a fresh process, which resets its peak RSS (``/proc/self/clear_refs``) just before
+the load, so the figure is the growth during that one load.
+
 Targets (from the performance issue) are judged per model:
 save <= 1.5 x raw save + 50 ms; load <= 1.2 x raw load; pyfunc 1-row predict <= raw + 0.2 ms
 (judged on our wrapper's own overhead; the full PyFuncModel figures are shown next to it).
@@ -44,7 +51,9 @@ import gc
 import json
 import logging
 import os
+import pickle
 import platform
+import subprocess
 import shutil
 import statistics
 import sys
@@ -67,6 +76,8 @@ N_TRAIN = 5000
 N_FEATURES = 20
 N_BIG = 10_000
 N_TREES = 150
+# scikit-learn models judged against pickle (issue 15); the other sklearn ones against raw skops.
+TREE_KEYS = ("rf", "et", "hgb", "pipe_rf")
 
 
 # ------------------------------------------------------------------------------------- models
@@ -112,7 +123,7 @@ def build_models(wanted: set[str] | None) -> list[Bench]:
     import skops.io as sio
     import xgboost as xgb
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -139,6 +150,17 @@ def build_models(wanted: set[str] | None) -> list[Bench]:
         m = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=0).fit(Xn, y)
         m.n_jobs = None
         return skops_bench("rf", "sklearn RandomForestClassifier (100 trees)", m, Xn)
+
+    def et() -> Bench:
+        m = ExtraTreesClassifier(n_estimators=100, n_jobs=-1, random_state=0).fit(Xn, y)
+        m.n_jobs = None
+        return skops_bench("et", "sklearn ExtraTreesClassifier (100 trees)", m, Xn)
+
+    def pipe_rf() -> Bench:
+        ct = ColumnTransformer([("num", StandardScaler(), num), ("cat", OneHotEncoder(handle_unknown="ignore"), ["color", "shape"])])
+        m = Pipeline([("ct", ct), ("rf", RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=0))]).fit(X, y)
+        m.steps[-1][1].n_jobs = None
+        return skops_bench("pipe_rf", "Pipeline(ColumnTransformer + RandomForestClassifier 100 trees)", m, X)
 
     def hgb() -> Bench:
         m = HistGradientBoostingClassifier(max_iter=N_TREES, early_stopping=False, random_state=0).fit(Xn, y)
@@ -192,7 +214,7 @@ def build_models(wanted: set[str] | None) -> list[Bench]:
         m = Pipeline([("ct", ct), ("xgb", xgb.XGBClassifier(n_estimators=N_TREES, random_state=0))]).fit(X, y)
         return skops_bench("pipe_xgb", f"Pipeline(ColumnTransformer + XGBClassifier {N_TREES} trees)", m, X)
 
-    makers.update(rf=rf, hgb=hgb, xgb=xgbm, lgbm=lgbm, cb=cbm, pipe_lr=pipe_lr, pipe_xgb=pipe_xgb)
+    makers.update(rf=rf, et=et, hgb=hgb, pipe_rf=pipe_rf, xgb=xgbm, lgbm=lgbm, cb=cbm, pipe_lr=pipe_lr, pipe_xgb=pipe_xgb)
     unknown = (wanted or set()) - set(makers)
     if unknown:
         raise SystemExit(f"unknown --models {sorted(unknown)}; choose from {sorted(makers)}")
@@ -301,10 +323,23 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
         b.raw_save(b.model, todo["raw"][len(saved["raw"])])
         saved["raw"].append(todo["raw"][len(saved["raw"])])
 
-    t = interleaved(
-        {"ours": save_ours, "builtin": save_builtin, "raw": save_raw},
-        {"ours": cfg.save_reps, "builtin": cfg.builtin_save_reps, "raw": cfg.save_reps},
-    )
+    pickled = b.library == "sklearn"
+    save_fns = {"ours": save_ours, "builtin": save_builtin, "raw": save_raw}
+    save_reps = {"ours": cfg.save_reps, "builtin": cfg.builtin_save_reps, "raw": cfg.save_reps}
+    if pickled:
+        pickle_path = os.path.join(paths.new(f"{b.key}-pickle"), "model.pkl")
+        os.mkdir(os.path.dirname(pickle_path))
+
+        def save_pickle() -> None:
+            with open(pickle_path, "wb") as fh:
+                pickle.dump(b.model, fh)
+
+        def load_pickle() -> Any:
+            with open(pickle_path, "rb") as fh:
+                return pickle.load(fh)
+
+        save_fns["pickle"], save_reps["pickle"] = save_pickle, cfg.save_reps
+    t = interleaved(save_fns, save_reps)
     res["save"] = {k: med(v) for k, v in t.items()}
     res["save_n"] = {k: len(v) for k, v in t.items()}
     ours_dir, builtin_dir, raw_path = saved["ours"][-1], saved["builtin"][-1], saved["raw"][-1]
@@ -331,6 +366,16 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
         },
         {"ours": cfg.load_reps, "builtin": cfg.load_reps, "raw": cfg.load_reps,
          "ours_pyfunc": cfg.load_reps, "builtin_pyfunc": cfg.load_reps},
+    ) if not pickled else interleaved(
+        {
+            "ours": lambda: sf.load_model(ours_dir),
+            "builtin": lambda: b.builtin.load_model(builtin_dir),
+            "raw": lambda: b.raw_load(raw_path),
+            "pickle": load_pickle,
+            "ours_pyfunc": lambda: mlflow.pyfunc.load_model(ours_dir),
+            "builtin_pyfunc": lambda: mlflow.pyfunc.load_model(builtin_dir),
+        },
+        {k: cfg.load_reps for k in ("ours", "builtin", "raw", "pickle", "ours_pyfunc", "builtin_pyfunc")},
     )
     res["load"] = {k: med(v) for k, v in t.items()}
 
@@ -390,6 +435,12 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
         # machine is noisier than the 0.2 ms budget itself.
         "predict1": p1["wrapper_overhead_paired"] <= 0.0002,
     }
+
+    if pickled and b.key in TREE_KEYS:
+        res["targets"]["pickle_load"] = l["ours"] <= 2 * l["pickle"] + 0.005
+        res["targets"]["pickle_save"] = s["ours"] <= 1.5 * s["pickle"] + 0.050
+    elif pickled:
+        res["targets"]["skops_load"] = l["ours"] <= 1.2 * l["raw"] + 0.003
 
     if cfg.profile:
         res["profile"] = profile_ours(b, paths, ours_dir)
@@ -485,6 +536,22 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
           f"{ms(l['ours'])} | {ms(l['builtin'])} | {ratio(l['ours'], l['builtin'])} | "
           f"{ms(l['raw'])} | {ratio(l['ours'], l['raw'])} | {ok(t['load'])} |")
 
+    sk = [r for r in results if "pickle" in r["load"]]
+    if sk:
+        w("\n### scikit-learn against pickle (median ms; issue 15 targets)\n")
+        w("| model | load pickle | load raw skops | load MLflow built-in | load ours | ours ÷ pickle | ours ÷ skops | "
+          "load target | save pickle | save ours | ours ÷ pickle | save target |")
+        w("|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|:---:|")
+        for r in sk:
+            s, l, t = r["save"], r["load"], r["targets"]
+            if "pickle_load" in t:
+                load_t, save_t = f"≤ 2×pickle+5ms {ok(t['pickle_load'])}", f"≤ 1.5×pickle+50ms {ok(t['pickle_save'])}"
+            else:
+                load_t, save_t = f"≤ 1.2×skops+3ms {ok(t['skops_load'])}", "—"
+            w(f"| {r['key']} | {ms(l['pickle'])} | {ms(l['raw'])} | {ms(l['builtin'])} | {ms(l['ours'])} | "
+              f"{ratio(l['ours'], l['pickle'])} | {ratio(l['ours'], l['raw'])} | {load_t} | "
+              f"{ms(s['pickle'])} | {ms(s['ours'])} | {ratio(s['ours'], s['pickle'])} | {save_t} |")
+
     w("\n### Predict (1 row: median µs; 10k rows: median ms)\n")
     w("| model | 1-row raw | 1-row our wrapper | wrapper overhead: paired (Δ medians) | wrapper fixed cost | "
       "≤ raw+0.2ms | 1-row PyFuncModel ours | 1-row PyFuncModel builtin | ours ÷ builtin | 10k raw | "
@@ -530,6 +597,97 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+_RSS_CHILD = r"""
+import json, os, pickle, sys, time, warnings
+warnings.filterwarnings("ignore")
+kind, path, warm = sys.argv[1], sys.argv[2], sys.argv[3]
+import mlflow_safeflavor as sf, skops.io as sio
+
+def load(p):
+    if kind == "pickle":
+        with open(p, "rb") as fh:
+            return pickle.load(fh)
+    if kind == "skops":
+        return sio.load(p, trusted=json.loads(sys.argv[4]))
+    return sf.load_model(p)
+
+load(warm)  # imports and first-use costs, on a small model of the same kind
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(key + ":"))
+
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # peak RSS := current RSS
+before = status("VmRSS")
+t = time.perf_counter()
+model = load(path)
+elapsed = time.perf_counter() - t
+print(json.dumps({"growth_kib": status("VmHWM") - before, "seconds": elapsed}))
+"""
+
+
+def memory_row(cfg: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Peak RSS growth and time of one load of a big RandomForest, each in a fresh process."""
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+
+    import mlflow_safeflavor as sf
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(cfg.memory_rows, 30))
+    y = (X[:, 0] + 0.5 * X[:, 1] - X[:, 2] + rng.normal(scale=0.5, size=len(X)) > 0).astype(int)
+    small = RandomForestClassifier(n_estimators=3, random_state=0).fit(X[:500], y[:500])
+    big = RandomForestClassifier(n_estimators=cfg.memory_trees, n_jobs=-1, random_state=0).fit(X, y)
+    big.n_jobs = None
+    trusted = sio.get_untrusted_types(data=sio.dumps(small))
+    files: dict[str, tuple[str, str]] = {}
+    for kind in ("pickle", "skops", "ours"):
+        paths = []
+        for name, model in (("big", big), ("small", small)):
+            target = root / f"mem-{kind}-{name}"
+            if kind == "pickle":
+                with open(target, "wb") as fh:
+                    pickle.dump(model, fh)
+            elif kind == "skops":
+                sio.dump(model, target)
+            else:
+                sf.save_model(model, target)
+            paths.append(str(target))
+        files[kind] = (paths[0], paths[1])
+    size = {k: dir_bytes(v[0]) for k, v in files.items()}
+    del big
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in files}
+    kinds = list(files)
+    for r in range(cfg.memory_reps):
+        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+            if kind == "skops" and not cfg.memory_skops:
+                continue
+            proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, kind, *files[kind], json.dumps(trusted)],
+                                  capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                raise SystemExit(f"memory child ({kind}) failed: {proc.stderr[-2000:]}")
+            out[kind].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {
+        "trees": cfg.memory_trees, "rows": cfg.memory_rows, "size": size,
+        "growth_mib": {k: med([x["growth_kib"] for x in v]) / 1024 for k, v in out.items() if v},
+        "seconds": {k: med([x["seconds"] for x in v]) for k, v in out.items() if v},
+        "n": cfg.memory_reps,
+    }
+
+
+def memory_report(m: dict[str, Any]) -> str:
+    g, t, z = m["growth_mib"], m["seconds"], m["size"]
+    lines = [f"\n### Peak RSS growth during one load: RandomForestClassifier {m['trees']} trees on {m['rows']}×30 "
+             f"(fresh process per load, median of {m['n']})\n",
+             "| contender | file/dir MiB | load s | peak RSS growth MiB | ÷ pickle |", "|---|---:|---:|---:|---:|"]
+    for k in g:
+        lines.append(f"| {k} | {z[k] / 2**20:.0f} | {t[k]:.2f} | {g[k]:.0f} | {g[k] / g['pickle']:.2f}× |")
+    lines.append(f"\nTarget: ours ≤ 1.2× pickle's growth: {ok(g['ours'] <= 1.2 * g['pickle'])}; "
+                 f"load time ours ÷ pickle {t['ours'] / t['pickle']:.2f}×.")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     import catboost
     import lightgbm
@@ -558,10 +716,16 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
-    ap.add_argument("--models", help="comma-separated subset: rf,hgb,xgb,lgbm,cb,pipe_lr,pipe_xgb")
+    ap.add_argument("--models", help="comma-separated subset: rf,et,hgb,pipe_rf,xgb,lgbm,cb,pipe_lr,pipe_xgb")
     ap.add_argument("--json", help="also write raw results to this JSON file")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of our save/load per model")
     ap.add_argument("--workdir", help="where to write models (default: a temp dir, removed at exit)")
+    ap.add_argument("--memory", action="store_true", help="add the peak-RSS row (big RandomForest, fresh processes)")
+    ap.add_argument("--memory-only", action="store_true", help="run only the peak-RSS row")
+    ap.add_argument("--memory-trees", type=int, default=300)
+    ap.add_argument("--memory-rows", type=int, default=60_000)
+    ap.add_argument("--memory-reps", type=int, default=3)
+    ap.add_argument("--memory-skops", action="store_true", help="also measure raw skops.io.load (slow: seconds per load)")
     cfg = ap.parse_args(argv)
     if cfg.quick:
         cfg.save_reps, cfg.builtin_save_reps, cfg.load_reps, cfg.predict1_reps, cfg.predict_big_reps = 3, 1, 3, 50, 3
@@ -576,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     wanted = set(cfg.models.split(",")) if cfg.models else None
     t0 = time.perf_counter()
-    benches = build_models(wanted)
+    benches = [] if cfg.memory_only else build_models(wanted)
     print(f"(trained {len(benches)} models in {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
 
     root = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="safeflavor-bench-"))
@@ -588,11 +752,15 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             results.append(run_one(b, paths, cfg))
             print(f"({b.key}: {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+        mem = memory_row(cfg, root) if cfg.memory or cfg.memory_only else None
     finally:
         if not cfg.workdir:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(report(results, cfg))
+    if results:
+        print(report(results, cfg))
+    if mem is not None:
+        print(memory_report(mem))
     load_end = os.getloadavg()
     print(f"\nTotal wall time: {time.perf_counter() - started:.0f} s; load average (1 min) at start "
           f"{load_start[0]:.2f}, at end {load_end[0]:.2f}")
@@ -605,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
             print(r.get("profile", ""))
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(
-            {"machine": machine(), "loadavg": [load_start[0], load_end[0]], "results": [{k: v for k, v in r.items() if k != "profile"} for r in results]},
+            {"machine": machine(), "loadavg": [load_start[0], load_end[0]], "memory": mem,
+             "results": [{k: v for k, v in r.items() if k != "profile"} for r in results]},
             indent=1, default=str,
         ))
     return 0

@@ -49,18 +49,26 @@ def _npy_has_objects(fh: Any) -> bool:
 
 
 def _schema_files(schema: Any) -> Iterator[str]:
-    """Yield every ``file`` entry of the schema, iteratively (bounded depth, no recursion)."""
+    """Yield every ``file`` entry of the schema, iteratively (bounded depth, no recursion).
+
+    Only containers are pushed (most schema values are strings): this walk runs on every load.
+    """
     stack = [(schema, 0)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, depth = stack.pop()
+        node, depth = pop()
         if depth > MAX_DEPTH:
             raise ValueError("depth")
-        if isinstance(node, dict):
-            if isinstance(node.get("file"), str):
-                yield node["file"]
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+        if type(node) is dict:
+            name = node.get("file")
+            if type(name) is str:
+                yield name
+            values = node.values()
+        else:
+            values = node
+        for value in values:
+            if type(value) is dict or type(value) is list:
+                push((value, depth + 1))
 
 
 def check(data: bytes, *, path: str) -> None:
