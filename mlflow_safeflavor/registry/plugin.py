@@ -1,5 +1,7 @@
 """The ``safeflavor-gate`` ``mlflow.app`` plugin: the tracking server itself refuses unverified promotions.
 
+``safeflavor-gate-auth`` (:func:`create_auth_app`) is the same gate behind MLflow's ``basic-auth``.
+
 ``mlflow server --app-name safeflavor-gate`` looks up the entry point ``mlflow.app:safeflavor-gate``
 (:func:`create_app`), calls it once per worker (uvicorn ``--factory``), and serves what it returns.
 Like MLflow's own ``basic-auth`` app, it adds a ``before_request`` hook to MLflow's Flask app and,
@@ -55,6 +57,27 @@ def create_app(app: Any = None) -> Any:
 
         return create_fastapi_app(app)
     return app
+
+
+def create_auth_app(app: Any = None) -> Any:
+    """The ``safeflavor-gate-auth`` factory: MLflow's ``basic-auth`` app with the alias gate behind it.
+
+    ``mlflow server --app-name`` takes one app, so this one runs both: MLflow's
+    ``mlflow.server.auth.create_app`` (users, permissions, its own database and
+    ``MLFLOW_AUTH_CONFIG_PATH`` configuration) is applied first, so an unauthenticated or
+    unauthorised alias write is refused by MLflow before the gate downloads anything; the gate's
+    hook is added after it and judges what authentication let through. Returns what basic-auth
+    returns (its FastAPI wrapper under uvicorn, with its permission middleware).
+    """
+    from mlflow.server.auth import create_app as auth_create_app
+
+    if app is None:
+        from mlflow.server import app as flask_app
+
+        app = flask_app
+    served = auth_create_app(app)  # registers auth's before_request hook first: Flask runs hooks in order
+    install(app)
+    return served
 
 
 def install(app: Any) -> None:
