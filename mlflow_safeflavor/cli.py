@@ -147,9 +147,9 @@ def sign_cmd(model_uri: str, private_key: str, password: str | None, trusted_typ
 
 @main.command("serve")
 @click.argument("model_uri")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes; each loads and verifies the model.")
 @click.option("--timeout", default=None, type=int, help="Request timeout in seconds (MLflow's default if unset).")
 @click.option("--public-key", "public_keys", multiple=True, help="PEM public key; makes a valid signature mandatory (repeatable).")
 @_trusted_option
@@ -195,8 +195,8 @@ def promote_cmd(name: str, version: str, alias: str, public_keys: tuple[str, ...
 
 
 @main.command("webhook")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
 @click.option("--secret", required=True, envvar="MLFLOW_SAFEFLAVOR_WEBHOOK_SECRET", help="The webhook's HMAC secret (prefer the environment variable MLFLOW_SAFEFLAVOR_WEBHOOK_SECRET).")
 @click.option("--tracking-uri", default=None, help="The MLflow server to tag versions on (default: MLFLOW_TRACKING_URI).")
 @click.option("--public-key", "public_keys", multiple=True, help="PEM public key; versions must carry a valid signature by it (repeatable).")
@@ -294,7 +294,7 @@ def _convert_registry(names: list[str] | None, register: str | None, sample: str
 
 @main.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on; anything but loopback prints a warning (the page has no login).")
-@click.option("--port", default=5050, show_default=True, type=int)
+@click.option("--port", default=5050, show_default=True, type=int, help="Port to listen on.")
 @click.option("--tracking-uri", default=None, help="The MLflow server whose registry the page shows and changes (default: MLFLOW_TRACKING_URI).")
 @click.option("--max-upload-mb", default=None, type=click.FloatRange(min=0.001), help="Cap on one upload (default MLFLOW_SAFEFLAVOR_UI_MAX_UPLOAD_MB or 256).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, help="Another Host header name to answer, e.g. the machine's DNS name (repeatable).")
