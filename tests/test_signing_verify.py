@@ -191,3 +191,27 @@ def test_signed_dotfiles_are_covered_and_load(cases, keys, tmp_path):
     (path / ".gitattributes").write_text("changed\n")
     with pytest.raises(SignatureError, match=".gitattributes"):
         sf.load_model(str(path), public_key=keys["good"][1])
+
+
+def test_key_rotation_in_the_documented_order_never_breaks_a_loader(signed_model, keys, cases):
+    """docs/registry.md's rotation: add the new public key everywhere, re-sign, then drop the old key.
+
+    Re-signing replaces ``model.sig`` (one signature per model), so the order matters: loaders that
+    trust old + new accept the model before and after the re-signing, while a loader still trusting
+    only the old key fails the moment the model is re-signed.
+    """
+    old, new = keys["good"], keys["other"]
+    X = cases["pipe_ct_xgb"].X
+    both = [old[1], new[1]]
+    # 1. The new public key is added beside the old one everywhere: the old signature still verifies.
+    assert sf.load_model(str(signed_model), public_key=both).predict(X).shape[0] == len(X)
+    # 2. Re-sign with the new key.
+    sf.sign_model(signed_model, new[0])
+    assert sf.load_model(str(signed_model), public_key=both).predict(X).shape[0] == len(X)
+    assert sf.load_model(str(signed_model), public_key=new[1]).predict(X).shape[0] == len(X)
+    # A loader skipped in step 1 (old key only) now refuses: why the new key goes out first.
+    with pytest.raises(SignatureError):
+        sf.load_model(str(signed_model), public_key=old[1])
+    assert not verify_local(signed_model, public_key=old[1]).ok
+    # 3. Dropping the old key leaves every loader working on the re-signed model.
+    assert verify_local(signed_model, public_key=new[1]).ok
