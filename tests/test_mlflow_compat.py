@@ -166,7 +166,7 @@ def test_prompts_registry_uri_and_active_experiment_on_a_real_store(tmp_path, mo
 
     # set_experiment's global and environment variable, both restored after the test.
     monkeypatch.setattr(fluent, "_active_experiment_id", None)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # recorded, so the value set_experiment writes is undone
     experiment_id = mlflow.set_experiment("compat-check").experiment_id
     assert compat.active_experiment_id() == experiment_id
 
