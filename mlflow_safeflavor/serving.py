@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 ENV_SERVE_MODEL = "MLFLOW_SAFEFLAVOR_SERVE_MODEL"
 ENV_SERVE_BACKEND = "MLFLOW_SAFEFLAVOR_SERVE_BACKEND"
+ENV_SERVE_DERIVE = "MLFLOW_SAFEFLAVOR_SERVE_DERIVE"
 
 
 def _app_for(model: Any) -> Any:
@@ -163,10 +164,13 @@ def create_app() -> Any:
     backend = os.environ.get(ENV_SERVE_BACKEND, "auto")
     local = os.environ[ENV_SERVE_MODEL]
     model = load_pyfunc(local, backend="native" if backend == "native" else "auto")
-    return _app_for(_with_export(model, local, backend, None, None))
+    # The parent found no export could be derived: do not pay the same failed conversion per worker.
+    derive = os.environ.get(ENV_SERVE_DERIVE, "1") == "1"
+    return _app_for(_with_export(model, local, backend, None, None, derive=derive))
 
 
-def _with_export(model: Any, local: str, backend: str, trusted_types: Any, public_key: Any) -> Any:
+def _with_export(model: Any, local: str, backend: str, trusted_types: Any, public_key: Any, *,
+                 derive: bool = True) -> Any:
     """Set the served backend; under auto/onnx, derive the export a model saved without one lacks.
 
     ``model`` was loaded with backend "auto" (or "native"), so an export in the artifact that
@@ -180,7 +184,7 @@ def _with_export(model: Any, local: str, backend: str, trusted_types: Any, publi
     if not isinstance(impl, SafeFlavorPyfunc):
         return model
     impl.backend = backend
-    if backend == "native" or impl.onnx is not None:
+    if backend == "native" or impl.onnx is not None or not derive:
         return model
     from mlflow_safeflavor.export.derive import derived_runner
     from mlflow_safeflavor.loader import Options, check_local
@@ -280,6 +284,7 @@ def serve(
             os.environ[signing.ENV_PUBLIC_KEY] = ",".join(str(k.resolve()) for k in keys)
         os.environ[ENV_SERVE_MODEL] = local
         os.environ[ENV_SERVE_BACKEND] = backend  # workers find a derived export in the cache
+        os.environ[ENV_SERVE_DERIVE] = "1" if getattr(model._model_impl, "onnx", None) is not None else "0"
         uvicorn.run("mlflow_safeflavor.serving:create_app", factory=True, host=host, port=port,
                     workers=workers, log_level="warning")
     finally:
