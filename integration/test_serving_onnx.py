@@ -173,7 +173,8 @@ def test_backend_onnx_explicitly(server, zoo_cases):
 @pytest.fixture(scope="module")
 def derived(zoo_cases, workdir):
     """``serve --backend auto`` twice on an XGBoost model saved with default arguments (no
-    export), one cache: the first server derives the export, the second finds it cached."""
+    export), one cache: the first server derives the export, the second (two uvicorn workers,
+    each loading the model) finds it cached."""
     case = zoo_cases["xgboost"]
     path = workdir / "models" / "xgboost-plain"
     mlflow_safeflavor.save_model(case.model, path, input_example=case.X[:5])
@@ -181,11 +182,12 @@ def derived(zoo_cases, workdir):
     env = _env(**SAFE_ENV, MLFLOW_SAFEFLAVOR_CACHE_DIR=str(workdir / "cache"))
     servers = []
     try:
-        for name in ("derives", "reuses"):
+        for name, workers in (("derives", "1"), ("reuses", "2")):
             port = _free_port()
             log = workdir / "logs" / f"derived-{name}.log"
             log.parent.mkdir(exist_ok=True)
-            cmd = [*_safeflavor_cmd(), "serve", str(path), "--backend", "auto", "--host", "127.0.0.1", "--port", str(port)]
+            cmd = [*_safeflavor_cmd(), "serve", str(path), "--backend", "auto", "--workers", workers,
+                   "--host", "127.0.0.1", "--port", str(port)]
             servers.append(Server(name, port, _launch(cmd, env, log, cwd=workdir), log).wait())
         yield servers
     finally:
@@ -197,12 +199,13 @@ def test_serve_derives_an_export_for_a_model_saved_without_one(derived, zoo_case
     case = zoo_cases["xgboost"]
     want = expected(case, "predict_proba")
     for server in derived:
-        body, ctype = payload(_rows(case.X), "dataframe_split", params={"predict_method": "predict_proba", "backend": "onnx"})
-        status, text, _ = post(server.url, body, ctype)
-        assert status == 200, text[:500]
-        got = np.asarray(json.loads(text)["predictions"], dtype=np.float64)
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-        assert np.array_equal(got.astype(np.float32).astype(np.float64), got), "not onnxruntime's float32 output"
+        for _ in range(4):  # the second server's requests go to either of its workers
+            body, ctype = payload(_rows(case.X), "dataframe_split", params={"predict_method": "predict_proba", "backend": "onnx"})
+            status, text, _ = post(server.url, body, ctype)
+            assert status == 200, text[:500]
+            got = np.asarray(json.loads(text)["predictions"], dtype=np.float64)
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+            assert np.array_equal(got.astype(np.float32).astype(np.float64), got), "not onnxruntime's float32 output"
         body, ctype = payload(_rows(case.X), "dataframe_split")
         status, text, _ = post(server.url, body, ctype)
         assert_predictions(expected(case), json.loads(text)["predictions"], f"{server.name} labels")
