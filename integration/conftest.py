@@ -39,6 +39,8 @@ if str(_TESTS_DIR) not in sys.path:
 warnings.filterwarnings("ignore", category=UserWarning, module="xgboost")
 # The suite tests the defaults (saves write the checkpoint only; test_serving_onnx.py passes onnx=).
 os.environ.pop("MLFLOW_SAFEFLAVOR_ONNX", None)
+# Exports derived at serve time are cached per run, never in the user's ~/.cache.
+os.environ.setdefault("MLFLOW_SAFEFLAVOR_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="safeflavor-test-cache-"))
 
 import zoo  # noqa: E402
 

@@ -10,6 +10,8 @@ os.environ.setdefault("MLFLOW_SAFEFLAVOR_TRUSTED_TYPES", "")
 # The suite tests the defaults (saves write the checkpoint only; test_onnx.py passes onnx=), not
 # whatever the calling shell sets.
 os.environ.pop("MLFLOW_SAFEFLAVOR_ONNX", None)
+# Exports derived at serve time are cached per run, never in the user's ~/.cache.
+os.environ.setdefault("MLFLOW_SAFEFLAVOR_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="safeflavor-test-cache-"))
 warnings.filterwarnings("ignore", category=UserWarning, module="xgboost")
 
 import zoo  # noqa: E402
