@@ -250,15 +250,18 @@ class _Builder:
         rows, width = self.slot["shape"]
         if width != self._attr_int("n_trees_per_iteration_"):
             raise v.fail(self.path, "holds a number of trees per iteration that differs from the model's")
+        # One record array for the whole slot (one copy per field, not one per field and tree);
+        # each predictor gets a contiguous slice of it.
+        first, last = int(a["hgb.node_offsets"][self.lo]), int(a["hgb.node_offsets"][self.hi])
+        records = np.empty(last - first, dtype=PREDICTOR_RECORD_DTYPE)
+        for f in v.HGB_FIELDS:
+            records[f] = a[f"hgbnode.{f}"][first:last]
+        bitsets = {k: np.array(a[f"hgb.{k}_bitsets"]) for k in ("binned", "raw")}
         preds = []
         for p in range(self.lo, self.hi):
-            start, stop = int(a["hgb.node_offsets"][p]), int(a["hgb.node_offsets"][p + 1])
-            nodes = np.empty(stop - start, dtype=PREDICTOR_RECORD_DTYPE)
-            for f in v.HGB_FIELDS:
-                nodes[f] = a[f"hgbnode.{f}"][start:stop]
-            bits = [np.array(a[f"hgb.{k}_bitsets"][a[f"hgb.{k}_offsets"][p]:a[f"hgb.{k}_offsets"][p + 1]])
-                    for k in ("binned", "raw")]
-            preds.append(TreePredictor(nodes, bits[0], bits[1]))
+            start, stop = int(a["hgb.node_offsets"][p]) - first, int(a["hgb.node_offsets"][p + 1]) - first
+            bits = [bitsets[k][a[f"hgb.{k}_offsets"][p]:a[f"hgb.{k}_offsets"][p + 1]] for k in ("binned", "raw")]
+            preds.append(TreePredictor(records[start:stop], bits[0], bits[1]))
         self.obj._predictors = [preds[i * width:(i + 1) * width] for i in range(rows)]
 
 
