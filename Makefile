@@ -42,7 +42,9 @@ integration: $(BIN)/python
 ## test-mlflow-next: the second CI leg — a subset (compat adapters; hardened mode: loaders, serve,
 ## Spark, promote + gate, convert, web page API; registry gate and webhook) on the newest MLflow
 ## release in its own venv (.venv-mlflow-$(MLFLOW_NEXT)); scripts/mlflow-leg.sh has the details
-MLFLOW_NEXT ?= 3.18.0
+# The other end of the supported range from what the main venv resolved: 3.18.0 while the pin
+# resolves to 3.17.x (mlflow-tracing 3.18 missing from the index), the 3.17 floor once it resolves 3.18.
+MLFLOW_NEXT ?= $(shell $(BIN)/python -c "import importlib.metadata as m; print('3.17.2' if m.version('mlflow').startswith('3.18') else '3.18.0')" 2>/dev/null || echo 3.18.0)
 .PHONY: test-mlflow-next
 test-mlflow-next: sysdeps
 	PYTHON=$(PYTHON) ./scripts/mlflow-leg.sh $(MLFLOW_NEXT)
