@@ -188,14 +188,16 @@ def check_registered_copy(root: str | os.PathLike) -> None:
         return
     try:
         meta = yaml.safe_load(integrity.read_file(Path(os.fspath(root)), REGISTERED_MODEL_META, max_bytes=64 * 1024))
-        name, version = str(meta["model_name"]), str(meta["model_version"])
+        name, version = meta["model_name"], meta["model_version"]
     except (SafeFlavorError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise IntegrityError(
             f"{path}: not the name/version file MLflow writes into a models:/ download "
             f"({type(exc).__name__}). Download the model again.",
             path=os.fspath(root),
         ) from None
-    mv = get_version(get_client(), name, version)
+    if name is None or version is None:
+        return  # a models:/<model_id> download (a logged model, no registry version)
+    mv = get_version(get_client(), str(name), str(version))
     expected = (mv.tags or {}).get(TAG_VERIFIED)
     if not expected:
         return
