@@ -13,6 +13,7 @@ import argparse
 import warnings
 
 import numpy as np
+import pandas as pd
 from _timing import median_seconds
 
 warnings.filterwarnings("ignore")
@@ -52,13 +53,27 @@ def main() -> None:
     val = median_seconds(lambda: lightgbm_model.validate(text, path="model.txt"), reps)
     rows.append((f"LightGBM text ({n_trees} trees, 63 leaves)", len(text), raw, val))
 
-    cb = catboost.CatBoostClassifier(iterations=n_trees, depth=6, verbose=0, allow_writing_files=False).fit(X, y)
-    path = "/tmp/bench-validation.cbm"
-    cb.save_model(path)
-    blob = open(path, "rb").read()
-    raw = median_seconds(lambda: catboost.CatBoostClassifier().load_model(blob=blob), reps)
-    val = median_seconds(lambda: catboost_model.validate(blob, path="model.cbm"), reps)
-    rows.append((f"CatBoost cbm ({n_trees} trees, depth 6)", len(blob), raw, val))
+    # CatBoost: 300 trees (CatBoost's default depth 6) on 20,000 x 30, numerical only and with three
+    # categorical columns (CTR tables after the core). The target here is on the whole load:
+    # validation + CatBoost's load <= 1.2 x CatBoost's load + 2 ms (printed below the table).
+    cb_rows = []
+    Xc = rng.normal(size=(20_000, 30))
+    yc = (Xc[:, 0] + Xc[:, 1] * Xc[:, 2] > 0).astype(int)
+    frame = pd.DataFrame(Xc[:, :27], columns=[f"f{i}" for i in range(27)])
+    for j, k in enumerate((50, 8, 300)):
+        frame[f"c{j}"] = rng.integers(0, k, len(frame)).astype(str)
+    yf = ((Xc[:, 0] + (frame["c0"].astype(int) % 3 == 0)) > 0.3).astype(int)
+    cb_trees = 60 if args.quick else 300
+    for label, fit in (
+        ("numerical", lambda m: m.fit(Xc, yc)),
+        ("3 categorical columns", lambda m: m.fit(frame, yf, cat_features=["c0", "c1", "c2"])),
+    ):
+        model = fit(catboost.CatBoostClassifier(iterations=cb_trees, verbose=0, allow_writing_files=False))
+        blob = bytes(model._serialize_model())
+        raw = median_seconds(lambda: catboost.CatBoostClassifier().load_model(blob=blob), reps)
+        val = median_seconds(lambda: catboost_model.validate(blob, path="model.cbm"), reps)
+        rows.append((f"CatBoost cbm ({cb_trees} trees, 20k x 30, {label})", len(blob), raw, val))
+        cb_rows.append((label, raw, val))
 
     for name, est in (
         (f"sklearn RandomForest ({min(n_trees, 200)} trees)", RandomForestClassifier(min(n_trees, 200), max_depth=12, n_jobs=1, random_state=0)),
@@ -76,6 +91,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, size, raw, val in rows:
         print(f"| {name} | {size:,} | {raw * 1e3:.2f} ms | {val * 1e3:.2f} ms | {val / raw:.0%} |")
+    for label, raw, val in cb_rows:
+        limit = 1.2 * raw + 2e-3
+        print(f"CatBoost ({label}): validation + load {(val + raw) * 1e3:.2f} ms, target 1.2 x load + 2 ms = "
+              f"{limit * 1e3:.2f} ms: {'met' if val + raw <= limit else 'MISSED'}")
 
 
 if __name__ == "__main__":
