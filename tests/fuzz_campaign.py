@@ -76,9 +76,9 @@ def main() -> int:
             work = root / f"work-{job}"
             work.mkdir(parents=True, exist_ok=True)
             for c in todo[job :: args.jobs]:
-                path, recomputed = build(base, c, work, digested)
+                path, recomputed, changed = build(base, c, work, digested)
                 reply = w.load(path, X=payload)
-                why = judge(c, reply, reference, recomputed, digested)
+                why = judge(c, reply, reference, recomputed, digested, changed)
                 key = reply.get("outcome", "?")
                 if key == "loaded" and reply.get("predict_error"):
                     key = "input mismatch"

@@ -107,8 +107,9 @@ def generate(model: str, files: list[str], seed: int, n: int) -> list[Case]:
     return out
 
 
-def build(base: Path, case: Case, work: Path, digested: set[str]) -> tuple[Path, bool]:
-    """Write the mutated copy of ``base`` under ``work``; return it and whether the digest was recomputed."""
+def build(base: Path, case: Case, work: Path, digested: set[str]) -> tuple[Path, bool, bool]:
+    """Write the mutated copy of ``base`` under ``work``; return it, whether the digest was recomputed,
+    and whether the mutation changed the file at all (a number replaced by itself does not)."""
     from hostile import edit_mlmodel
 
     from mlflow_safeflavor.integrity import sha256_digest
@@ -117,7 +118,10 @@ def build(base: Path, case: Case, work: Path, digested: set[str]) -> tuple[Path,
     shutil.rmtree(target_dir, ignore_errors=True)
     shutil.copytree(base, target_dir)
     target = target_dir / case.file
-    new = mutate(target.read_bytes(), *case.mutation)
+    old = target.read_bytes()
+    new = mutate(old, *case.mutation)
+    if new == old:
+        return target_dir, False, False
     target.write_bytes(new)
     recomputed = case.recompute and case.file in digested
     if recomputed:
@@ -125,10 +129,11 @@ def build(base: Path, case: Case, work: Path, digested: set[str]) -> tuple[Path,
             edit_mlmodel(target_dir, lambda s: s["files"].__setitem__(case.file, sha256_digest(new)))
         except Exception:  # the MLmodel itself may be what we broke: then no recompute
             recomputed = False
-    return target_dir, recomputed
+    return target_dir, recomputed, True
 
 
-def judge(case: Case, reply: dict[str, Any], reference: dict[str, Any], recomputed: bool, digested: set[str]) -> str | None:
+def judge(case: Case, reply: dict[str, Any], reference: dict[str, Any], recomputed: bool, digested: set[str],
+          changed: bool = True) -> str | None:
     """None when the outcome keeps the promise, else a sentence saying what broke it."""
     outcome = reply.get("outcome")
     if outcome == "crashed":
@@ -137,7 +142,7 @@ def judge(case: Case, reply: dict[str, Any], reference: dict[str, Any], recomput
         return None
     if outcome != "loaded":
         return f"untyped {reply.get('type')}: {str(reply.get('message'))[:200]}"
-    if not recomputed and case.file in digested:
+    if changed and not recomputed and case.file in digested:
         return f"a changed payload {case.file} loaded without its digest being recomputed"
     error = reply.get("predict_error")
     if error is not None:

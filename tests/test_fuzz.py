@@ -47,9 +47,9 @@ def test_mutated_model_loads_correctly_or_is_refused(model_name, fuzz_base, work
     todo = generate(model_name, files, SEED, EXAMPLES) + corpus(model_name)
     failures = []
     for case in todo:
-        path, recomputed = build(base, case, tmp_path, digested)
+        path, recomputed, changed = build(base, case, tmp_path, digested)
         reply = worker.load(path, X=X)
-        why = judge(case, reply, reference, recomputed, digested)
+        why = judge(case, reply, reference, recomputed, digested, changed)
         if why is not None:
             failures.append((case.to_json(), why))
     assert len(todo) >= EXAMPLES
