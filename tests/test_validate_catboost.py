@@ -841,3 +841,15 @@ def test_error_names_the_problem(legit):
     assert "empty hash bucket" in err.message
     err = refused(crafted(legit, "loss_function_unknown_key"))
     assert "loss" in err.message
+
+
+def test_text_feature_models_are_refused_at_save_and_nothing_is_written(tmp_path):
+    """The loader refuses text/embedding processing data it cannot validate, so save says so first."""
+    import catboost
+    import pandas as pd
+
+    df = pd.DataFrame({"t": ["good movie", "bad film", "great", "awful"] * 10, "x": [float(i) for i in range(40)]})
+    model = catboost.CatBoostClassifier(iterations=5, verbose=0).fit(df, [1, 0, 1, 0] * 10, text_features=["t"])
+    with pytest.raises(sf.UnsupportedModelError, match="text features"):
+        sf.save_model(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []

@@ -1,7 +1,10 @@
 """CatBoost: every CatBoost model class in CatBoost's native ``.cbm`` format.
 
 The cbm file already carries class names, feature names and categorical feature indices, so no
-wrapper state is needed; the container header is checked before CatBoost reads it (validate/catboost_model.py).
+wrapper state is needed. CatBoost trusts the indices inside its model core, so the whole core —
+trees, features, CTR tables, the options parsed at first predict — is validated before CatBoost
+reads it (validate/catboost/). Models with text or embedding features carry processing data that
+is not validated, so they are refused at save time rather than written and refused at load.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ class CatBoostCodec:
         import catboost
 
         key = class_key(self.classes, model)
+        special = [kind for kind, getter in (("text", "get_text_feature_indices"), ("embedding", "get_embedding_feature_indices"))
+                   if hasattr(model, getter) and list(getattr(model, getter)() or [])]
+        if special:
+            from mlflow_safeflavor.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"{type(model).__name__} uses {' and '.join(special)} features, whose processing data the "
+                "loader cannot validate before CatBoost reads it; the safe flavor stores CatBoost models "
+                "with numerical and categorical features only. Nothing was written."
+            )
         model.save_model(str(directory / f"{prefix}{MODEL_FILE}"), format="cbm")
         return Saved(
             files=(f"{prefix}{MODEL_FILE}",),
