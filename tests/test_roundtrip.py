@@ -69,8 +69,9 @@ def test_mlmodel_records_codec_digests_and_trust_list(saved):
     section = read_section(saved["sk_rf_clf"])["flavors"]["safeflavor"]
     assert section["codec"] == "sklearn"
     assert section["model_class"] == "RandomForestClassifier"
-    assert section["trusted_types"] == ["sklearn.tree._tree.Tree"]
-    assert set(section["files"]) == {"model.skops"}
+    # Format 2: the trees live in trees.safetensors, so the skops skeleton needs no Tree trusted.
+    assert section["format_version"] == 2 and section["trusted_types"] == []
+    assert set(section["files"]) == {"model.skops", "trees.safetensors"} and section["columnar"] == "trees.safetensors"
     assert all(v.startswith("sha256:") and len(v) == 71 for v in section["files"].values())
     xgb = read_section(saved["xgb_clf"])["flavors"]["safeflavor"]
     assert (xgb["codec"], xgb["model_class"], xgb["trusted_types"]) == ("xgboost", "XGBClassifier", [])
