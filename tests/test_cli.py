@@ -19,7 +19,8 @@ def test_inspect_reports_codec_digests_and_decision(cases, tmp_path):
     out = result.output
     assert "codec:          sklearn (RandomForestClassifier)" in out
     assert "[ok      ] model.skops  sha256:" in out
-    assert "declared trust: sklearn.tree._tree.Tree" in out
+    assert "[ok      ] trees.safetensors  sha256:" in out  # format 2: the trees, so no Tree to trust
+    assert "declared trust: (nothing beyond skops defaults)" in out
     assert "verdict:        would load" in out
 
 
