@@ -10,11 +10,17 @@ exception into a MalformedArtifactError. It costs one prediction of one row.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 
-def first_use(codec: str, model: Any, mlmodel: Mapping[str, Any]) -> None:
-    """Exercise ``model`` once as the codec's library would on a first request; raise what it raises."""
+def first_use(codec: str, model: Any, predict_method: str) -> None:
+    """Exercise ``model`` once as the codec's library would on a first request; raise what it raises.
+
+    The model must also answer the method MLmodel records: a pipeline whose boosted step was not
+    restored (its ``components`` record removed) ends in ``"passthrough"`` and has no ``predict``.
+    """
+    if not callable(getattr(model, predict_method, None)):
+        raise ValueError(f"the built {type(model).__name__} has no {predict_method}() (a pipeline missing a step?)")
     if codec == "catboost":
         _catboost(model)
 

@@ -59,6 +59,13 @@ def read_mlmodel(root: Path, files: "integrity.ModelFiles | None" = None) -> dic
     return doc
 
 
+# Every key a release of this package has written into the safeflavor section.
+KNOWN_KEYS = frozenset({
+    "format_version", "codec", "model_class", "library_versions", "files", "trusted_types", "predict_method",
+    "safeflavor_version", "components", "columnar", "onnx", "model_format",
+})
+
+
 def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
     """Check the ``safeflavor`` flavor of a parsed MLmodel and return it as a :class:`Record`."""
     where = f"{root}/MLmodel"
@@ -79,6 +86,15 @@ def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
             path=str(root),
         )
 
+    unknown = sorted(map(str, set(section) - KNOWN_KEYS))
+    if unknown:
+        # An unknown key is a renamed or injected one: dropping "components" this way would load a
+        # pipeline without its boosted step (found by make fuzz).
+        raise MalformedArtifactError(
+            f"{where}: safeflavor has keys this format does not define: {', '.join(unknown)[:200]}. The "
+            "file was altered or written by a newer mlflow-safeflavor; re-save the model or upgrade.",
+            path=str(root),
+        )
     version = section.get("format_version")
     if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise MalformedArtifactError(

@@ -221,7 +221,7 @@ def build(p: Progress, opts: Options) -> str:
     names = ", ".join(sorted(p.blobs)) or "the payload"
     try:
         p.model = p.inspected.build(list(p.decision.required))
-        probe.first_use(p.codec.name, p.model, p.mlmodel)
+        probe.first_use(p.codec.name, p.model, p.record.predict_method)
     except SafeFlavorError:
         raise
     except (ImportError, ModuleNotFoundError) as exc:
