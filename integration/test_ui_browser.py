@@ -68,7 +68,8 @@ def stack(tmp_path_factory) -> Stack:
 
     helpers = _server_helpers()
     root = tmp_path_factory.mktemp("ui-browser")
-    server = helpers.start_mlflow_server(root / "mlflow")
+    # The page checks its tracking server at start and exits when it does not answer: start it second.
+    server = helpers.wait_healthy(helpers.start_mlflow_server(root / "mlflow"))
     ui_tmp = root / "ui-tmp"
     ui_tmp.mkdir()
     port = free_port()
