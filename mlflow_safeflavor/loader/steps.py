@@ -9,10 +9,11 @@ artifact is imported here: codecs and classes come from fixed tables.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from mlflow_safeflavor import integrity, policy, signing
 from mlflow_safeflavor.codecs import get_codec
@@ -195,7 +196,8 @@ def inspect(p: Progress, opts: Options) -> str:
     assert p.record is not None
     p.codec = get_codec(p.record.codec, path=str(p.root))
     # Read and checked once (skops' node tree made once); ``build`` later constructs from it.
-    p.inspected = p.codec.inspect(p.blobs, p.record, path=str(p.root))
+    with _typed(p, "read"):
+        p.inspected = p.codec.inspect(p.blobs, p.record, path=str(p.root))
     p.required = set(p.inspected.required)
     return "payload needs: " + (", ".join(sorted(p.required)) or "nothing beyond the built-in allowlist")
 
@@ -218,10 +220,19 @@ def build(p: Progress, opts: Options) -> str:
     from mlflow_safeflavor import probe
 
     assert p.codec is not None and p.inspected is not None and p.decision is not None
-    names = ", ".join(sorted(p.blobs)) or "the payload"
-    try:
+    with _typed(p, "build a working model from"):
         p.model = p.inspected.build(list(p.decision.required))
         probe.first_use(p.codec.name, p.model, p.record.predict_method)
+    return "payload structure valid; model builds"
+
+
+@contextlib.contextmanager
+def _typed(p: Progress, doing: str) -> Iterator[None]:
+    """Whatever a library raises on verified bytes becomes a typed refusal naming the files (see :func:`build`)."""
+    assert p.codec is not None
+    names = ", ".join(sorted(p.blobs)) or "the payload"
+    try:
+        yield
     except SafeFlavorError:
         raise
     except (ImportError, ModuleNotFoundError) as exc:
@@ -234,13 +245,12 @@ def build(p: Progress, opts: Options) -> str:
         ) from None
     except (Exception, MemoryError, RecursionError) as exc:  # noqa: BLE001 - the point: no library error leaks
         raise MalformedArtifactError(
-            f"{p.root}: {p.codec.name} could not build a working model from {names} "
+            f"{p.root}: {p.codec.name} could not {doing} {names} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else 'no message'}). "
             "The files passed their digest and structure checks, so they were written that way: "
             "corrupt or crafted. Do not use them; re-save the model from its source.",
             path=str(p.root),
         ) from None
-    return "payload structure valid; model builds"
 
 
 # The loaders' order; verify/inspect/gate run the same list (see pipeline.py).
