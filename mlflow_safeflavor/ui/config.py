@@ -8,7 +8,6 @@ passes to ``convert``, ``verify`` and ``promote``, so the page decides exactly a
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
