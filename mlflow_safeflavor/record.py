@@ -65,6 +65,12 @@ KNOWN_KEYS = frozenset({
     "safeflavor_version", "components", "columnar", "onnx", "model_format",
 })
 
+# What every release wrote; a section without one of them was cut short.
+REQUIRED_KEYS = frozenset({
+    "format_version", "codec", "model_class", "library_versions", "files", "trusted_types", "predict_method",
+    "safeflavor_version",
+})
+
 
 def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
     """Check the ``safeflavor`` flavor of a parsed MLmodel and return it as a :class:`Record`."""
@@ -93,6 +99,16 @@ def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
         raise MalformedArtifactError(
             f"{where}: safeflavor has keys this format does not define: {', '.join(unknown)[:200]}. The "
             "file was altered or written by a newer mlflow-safeflavor; re-save the model or upgrade.",
+            path=str(root),
+        )
+    missing = sorted(REQUIRED_KEYS - set(section))
+    if missing:
+        # Every release writes these: a section without them was cut short or edited. A truncated
+        # MLmodel ending in "model_class: CatBoost" (from CatBoostClassifier) would otherwise load
+        # as another class (found by make fuzz).
+        raise MalformedArtifactError(
+            f"{where}: safeflavor lacks {', '.join(missing)}, which save_model always writes. The file "
+            "was truncated or altered; re-save the model.",
             path=str(root),
         )
     version = section.get("format_version")
