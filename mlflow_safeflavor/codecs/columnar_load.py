@@ -18,6 +18,7 @@ from mlflow_safeflavor.codecs.columnar import (
     ENSEMBLES, HEAVY, MARKER, PER_TREE, VARYING, _cls, allowed_attrs, key_of,
 )
 from mlflow_safeflavor.validate import columnar as v
+from mlflow_safeflavor.validate.sklearn_trees import walk
 
 _SLOT_KEYS = {"single": {"kind", "class", "range"}, "forest": {"kind", "class", "range", "varying"},
               "gb": {"kind", "class", "range", "shape", "varying"}, "hgb": {"kind", "class", "range", "shape"}}
@@ -104,28 +105,8 @@ def read(data: bytes, *, path: str) -> v.Checked:
 
 def _markers(model: Any, *, path: str) -> list[Any]:
     """Every object of the skeleton that carries a marker (iterative walk, each object once)."""
-    seen: set[int] = set()
-    stack, found = [model], []
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
-            continue
-        seen.add(id(obj))
-        if len(seen) > 1_000_000:
-            raise v.fail(path, "belongs to a model whose object graph is larger than the walk cap")
-        if isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-        elif isinstance(obj, np.ndarray):
-            if obj.dtype == object:
-                stack.extend(obj.ravel().tolist())
-        elif hasattr(obj, "__dict__"):
-            attrs = vars(obj)
-            if MARKER in attrs:
-                found.append(obj)
-            stack.extend(attrs.values())
-    return found
+    too_big = lambda: v.fail(path, "belongs to a model whose object graph is larger than the walk cap")  # noqa: E731
+    return [obj for obj, attrs in walk(model, too_big=too_big) if attrs is not None and MARKER in attrs]
 
 
 def attach(model: Any, checked: v.Checked, *, path: str) -> None:

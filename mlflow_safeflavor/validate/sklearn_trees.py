@@ -6,7 +6,7 @@ bounds (SIGSEGV). These checks run on the built object, before any prediction, i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -78,21 +78,35 @@ def check_estimator(model: Any, *, path: str) -> None:
     from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
     from sklearn.tree._tree import Tree
 
+    for obj, attrs in walk(model, too_big=lambda: _fail(path, "the model's object graph is larger than the walk cap"),
+                           leaves=(Tree, TreePredictor)):
+        if isinstance(obj, Tree):
+            check_tree(obj, path=path)
+        elif isinstance(obj, TreePredictor):
+            check_predictor(obj, path=path)
+        elif attrs is not None and "_predictors" in attrs and isinstance(attrs.get("n_features_in_"), int):
+            _check_hgb_features(attrs["_predictors"], attrs["n_features_in_"], path=path)
+
+
+def walk(model: Any, *, too_big: Callable[[], Exception], leaves: tuple[type, ...] = (),
+         cap: int = _MAX_WALK) -> Iterator[tuple[Any, dict[str, Any] | None]]:
+    """Every object reachable from ``model``, once each, as ``(obj, its attributes or None)``.
+
+    Follows estimator attributes, lists, tuples, dicts and object arrays (not into ``leaves``), so
+    shared or cyclic references cannot make it loop; more than ``cap`` objects raises ``too_big()``.
+    """
     seen: set[int] = set()
     stack = [model]
-    walked = 0
     while stack:
         obj = stack.pop()
         if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
             continue
         seen.add(id(obj))
-        walked += 1
-        if walked > _MAX_WALK:
-            raise _fail(path, "the model's object graph is larger than the walk cap")
-        if isinstance(obj, Tree):
-            check_tree(obj, path=path)
-        elif isinstance(obj, TreePredictor):
-            check_predictor(obj, path=path)
+        if len(seen) > cap:
+            raise too_big()
+        attrs = None
+        if isinstance(obj, leaves):
+            pass
         elif isinstance(obj, dict):
             stack.extend(obj.values())
         elif isinstance(obj, (list, tuple)):
@@ -102,9 +116,8 @@ def check_estimator(model: Any, *, path: str) -> None:
                 stack.extend(obj.ravel().tolist())
         elif hasattr(obj, "__dict__"):
             attrs = vars(obj)
-            if "_predictors" in attrs and isinstance(attrs.get("n_features_in_"), int):
-                _check_hgb_features(attrs["_predictors"], attrs["n_features_in_"], path=path)
             stack.extend(attrs.values())
+        yield obj, attrs
 
 
 def _check_hgb_features(predictors: Any, n_features: int, *, path: str) -> None:
