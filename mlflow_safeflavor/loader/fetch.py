@@ -8,6 +8,10 @@ import re
 from mlflow_safeflavor.errors import InvalidArgumentError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # runs:, models:, s3:, file:, ... (not a bare path)
+# Characters MLflow's local repository treats specially in a bare path: it URL-decodes the path
+# ('%'), refuses '#' and '..' in the last part, and escapes control characters. A path holding any
+# of them goes through MLflow so the result (or the refusal) stays exactly MLflow's.
+_SPECIAL = re.compile(r"[%#?;\\\x00-\x1f\x7f]")
 
 
 def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_registry: bool = True) -> str:
@@ -32,7 +36,28 @@ def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_regi
             f"{uri}: no such file or directory. Pass the path of a saved model directory or an "
             "MLflow model URI (runs:/<run_id>/<name>, models:/<name>@<alias>, models:/<name>/<version>)."
         )
+    if dst is None and not _SCHEME.match(uri):
+        local = _local_as_is(uri)
+        if local is not None:
+            return local
     local = download_registered(uri, dst, check_tag=check_registry)
     if local is not None:
         return local
     return download_artifacts(artifact_uri=uri, dst_path=dst)
+
+
+def _local_as_is(path: str) -> str | None:
+    """The absolute form of an existing plain local ``path``, as MLflow would return it; else None.
+
+    For a bare local path and no destination, MLflow's ``download_artifacts`` copies nothing and
+    returns ``os.path.abspath`` of the path, after about 0.4 ms of URI parsing and repository set-up
+    per call. Only ordinary paths take this shortcut (POSIX; no character MLflow decodes or refuses;
+    a last part that is a name, not '.', '..' or empty; not a symbolic link, which MLflow resolves
+    and may refuse); anything else is left to MLflow so the result stays the same.
+    """
+    if os.name != "posix" or _SPECIAL.search(path):
+        return None
+    name = os.path.basename(path)
+    if name in ("", ".", "..") or os.path.islink(path) or not os.path.exists(path):
+        return None
+    return os.path.abspath(path)
