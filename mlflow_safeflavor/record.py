@@ -16,12 +16,19 @@ from mlflow_safeflavor.errors import MalformedArtifactError
 
 FLAVOR_NAME = "safeflavor"
 # 2: scikit-learn tree estimators are stored as columns in trees.safetensors (``columnar``).
-# Every version in READABLE_VERSIONS still loads; save writes FORMAT_VERSION.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: payload files of 8 MiB or more are recorded with a ``sha256parts:`` digest (integrity.py).
+# Every version in READABLE_VERSIONS still loads. Save writes the lowest version that can describe
+# the model (``format_for``), so a model that needs nothing new stays readable by older releases.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAX_FILES = 256
 MAX_TRUSTED = 1000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def format_for(digests: dict[str, str]) -> int:
+    """The format version ``save_model`` writes for a model with these file digests."""
+    return 3 if any(d.startswith(integrity.PARTS_PREFIX) for d in digests.values()) else 2
 
 
 @dataclass(frozen=True)
@@ -131,10 +138,12 @@ def parse_record(doc: dict[str, Any], *, root: Path) -> Record:
     files = section.get("files")
     if not isinstance(files, dict) or not 0 < len(files) <= MAX_FILES:
         raise bad("files", f"a mapping of 1..{MAX_FILES} file names to sha256 digests")
-    for name in files:
+    for name, digest in files.items():
         integrity.check_relative_name(name, root=root)
         if name == "MLmodel":
             raise bad("files", "payload files only (not MLmodel)")
+        if version < 3 and isinstance(digest, str) and digest.startswith(integrity.PARTS_PREFIX):
+            raise bad("files", f"'sha256:' digests in format {version} ('sha256parts:' came with format 3)")
     trusted = section.get("trusted_types", [])
     if not isinstance(trusted, list) or len(trusted) > MAX_TRUSTED or not all(isinstance(t, str) for t in trusted):
         raise bad("trusted_types", "a list of type names")

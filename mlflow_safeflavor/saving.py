@@ -19,7 +19,7 @@ from mlflow_safeflavor import integrity
 from mlflow_safeflavor._version import __version__
 from mlflow_safeflavor.codecs.base import PREDICT_METHODS, Codec, Saved
 from mlflow_safeflavor.errors import InvalidArgumentError, SafeFlavorError, UnsupportedModelError
-from mlflow_safeflavor.record import FLAVOR_NAME, FORMAT_VERSION, parse_record
+from mlflow_safeflavor.record import FLAVOR_NAME, format_for, parse_record
 from mlflow_safeflavor.validate.skops_zip import looks_like_pickle
 
 _logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def write_payload(codec: Codec, model: Any, directory: Path, options: dict[str, 
         data = (directory / name).read_bytes()
         if looks_like_pickle(data[:2]):
             raise UnsupportedModelError(f"{name} came out as a pickle stream; refusing to write it.")
-        digests[name] = integrity.sha256_digest(data)
+        digests[name] = integrity.file_digest(data)
     return saved, digests
 
 
@@ -98,7 +98,7 @@ def add_export(codec: Codec, saved: Saved, directory: Path, input_example: Any, 
     made = export.export(directory, checkpoint, input_example, mode=mode, target=target)
     if made is None:
         return None
-    digests[export.FILE] = integrity.sha256_digest(made["data"])
+    digests[export.FILE] = integrity.file_digest(made["data"])
     requirements += made["requirements"]
     return made["record"]
 
@@ -107,7 +107,7 @@ def flavor_record(codec: Codec, saved: Saved, digests: dict[str, str], *, predic
                   onnx_record: dict[str, Any] | None, target: Path) -> dict[str, Any]:
     """The ``safeflavor`` section of MLmodel; checked with the loader's own parser when it has an export."""
     record = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_for(digests),
         "codec": codec.name,
         "model_class": saved.model_class,
         "library_versions": saved.library_versions,

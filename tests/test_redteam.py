@@ -368,7 +368,7 @@ HOSTILE = [
     Hostile("digest-mismatch-via-pyfunc", flipped_byte, "IntegrityError", "digest mismatch", loader="mlflow.pyfunc"),
     Hostile("mlmodel-python-yaml-tag", raw_mlmodel(lambda m: f"flavors: !!python/object/apply:os.system ['touch {m}']\n"), "MalformedArtifactError", "not valid YAML"),
     Hostile("mlmodel-oversized", oversized_mlmodel, "IntegrityError", "cap"),
-    Hostile("mlmodel-format-version-3", mlmodel_edit("sk_ridge", lambda s: s.__setitem__("format_version", 3)), "MalformedArtifactError", "format_version"),
+    Hostile("mlmodel-format-version-4", mlmodel_edit("sk_ridge", lambda s: s.__setitem__("format_version", 4)), "MalformedArtifactError", "format_version"),
     Hostile("unsigned-but-key-required", lambda w, m, c: _saved("sk_ridge")(w, c["cases"]), "SignatureError", "model.sig is missing", kwargs={"public_key": "@good"}),
     Hostile("signed-by-another-key", signed("sk_ridge", key="other"), "SignatureError", "does not verify", kwargs={"public_key": "@good"}),
     Hostile("signed-then-extra-github-file", signed("sk_ridge", _add_file(".github/workflows/x.yml")), "SignatureError", ".github/workflows/x.yml", env={"MLFLOW_SAFEFLAVOR_PUBLIC_KEY": "@good"}),

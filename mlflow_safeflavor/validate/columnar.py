@@ -195,25 +195,33 @@ def _check_structure(children: tuple[np.ndarray, np.ndarray], leaf: np.ndarray, 
                      n_features: np.ndarray, counts: np.ndarray, starts: np.ndarray, *, what: str, path: str) -> None:
     """Every inner node's children lie after it and inside its own tree; its feature is in range.
 
-    Whole-array passes without boolean gathers (a gather copies; these run on every load):
-    leaves are neutralised with ``np.where`` instead of being masked out.
+    Whole-array passes, as few as possible (these run on every load): an inner node at tree-local
+    index ``i`` of a tree of ``n`` nodes needs ``i < child < n``, i.e. ``0 <= child - i - 1 <
+    n - i - 1``, one unsigned comparison; leaves are masked out with ``inner`` (no gather, no
+    ``np.where``, which costs as much as three of these passes).
     """
-    local = np.arange(len(leaf), dtype=np.int64)
-    local -= np.repeat(starts, counts)
-    size = np.repeat(counts, counts)
+    local1 = np.arange(1, len(leaf) + 1, dtype=np.int64)
+    local1 -= np.repeat(starts, counts)
+    room = np.repeat(counts, counts)
+    room -= local1
+    room_u = room.view(np.uint64)
     inner = ~leaf
     for child in children:
-        c = np.where(leaf, 0, child.astype(np.int64, copy=False))
-        if np.any(c >= size):
-            raise fail(path, f"has a {what}child index past the end of its tree")
-        c -= local
-        if np.any((c < 1) & inner):
+        step = child - local1
+        bad = step.view(np.uint64) >= room_u
+        bad &= inner
+        if np.any(bad):
+            # The slow path names which rule failed.
+            if np.any((child >= room + local1) & inner):
+                raise fail(path, f"has a {what}child index past the end of its tree")
             raise fail(path, f"has a {what}child index pointing backwards (a cycle)")
-    del local, size, c
+    del local1, room, room_u
     lo, hi = int(n_features.min()), int(n_features.max())
-    limit = hi if lo == hi else np.repeat(n_features, counts)
-    feat = np.where(leaf, 0, feature)
-    if np.any(feat < 0) or np.any(feat >= limit):
+    limit = hi if lo == hi else np.repeat(n_features, counts).astype(np.uint64)
+    feat = np.asarray(feature, dtype=np.int64)
+    bad = feat.view(np.uint64) >= limit  # negative indices become huge
+    bad &= inner
+    if np.any(bad):
         raise fail(path, f"has a {what}split on a feature index out of range")
 
 
@@ -280,13 +288,16 @@ def check_trees(a: Mapping[str, np.ndarray], *, path: str) -> tuple[np.ndarray, 
     offs = a["tree.node_offsets"]
     for t0, t1 in _groups(offs):
         lo, hi = int(offs[t0]), int(offs[t1])
-        left, right = a["node.left_child"][lo:hi], a["node.right_child"][lo:hi]
+        # Contiguous copies: each later pass over a strided view of the 64-byte records costs
+        # about ten passes over a plain array.
+        left = np.ascontiguousarray(a["node.left_child"][lo:hi])
+        right = np.ascontiguousarray(a["node.right_child"][lo:hi])
         leaf = left == -1
         if not np.array_equal(leaf, right == -1):
             raise fail(path, "has a node with exactly one child")
         # scikit-learn appends children after their parent: forward edges within the tree also
         # prove there is no cycle.
-        _check_structure((left, right), leaf, a["node.feature"][lo:hi], n_features[t0:t1], counts[t0:t1],
+        _check_structure((left, right), leaf, np.ascontiguousarray(a["node.feature"][lo:hi]), n_features[t0:t1], counts[t0:t1],
                          offs[t0:t1] - lo, what="", path=path)
         # +inf is a real threshold (the split that sends only missing values right); NaN is not.
         nan = np.isnan(a["node.threshold"][lo:hi])
@@ -295,7 +306,7 @@ def check_trees(a: Mapping[str, np.ndarray], *, path: str) -> tuple[np.ndarray, 
     return value_offsets, class_offsets
 
 
-def _groups(node_offsets: np.ndarray, size: int = 1 << 13) -> list[tuple[int, int]]:
+def _groups(node_offsets: np.ndarray, size: int = 1 << 15) -> list[tuple[int, int]]:
     """Consecutive tree ranges of about ``size`` nodes each (one tree when it is larger)."""
     out, t0, n = [], 0, len(node_offsets) - 1
     while t0 < n:
