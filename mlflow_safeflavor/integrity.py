@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from mlflow_safeflavor.errors import IntegrityError, InvalidArgumentError, MalformedArtifactError, SafeFlavorError
 
@@ -78,6 +78,49 @@ def parts_digest(data: bytes | memoryview) -> str:
     outer = hashlib.sha256(_PARTS_TAG + n.to_bytes(8, "little"))
     outer.update(b"".join(hashes))
     return PARTS_PREFIX + outer.hexdigest()
+
+
+class PartsWriter:
+    """A binary file wrapper that computes the ``sha256parts:`` digest of what is written through it.
+
+    ``save_model`` writes large files through it so that their digest needs no second read; the
+    pieces may have any size, the parts are cut at the same 1 MiB boundaries as
+    :func:`parts_digest`, which gives the same value for the same bytes.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self._part = hashlib.sha256()
+        self._filled = 0
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        """Write ``data`` (any C-contiguous buffer) to the file and feed it to the digest."""
+        view = memoryview(data)
+        if view.nbytes == 0:
+            return 0
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        self._fh.write(view)
+        pos, n = 0, len(view)
+        while pos < n:
+            take = min(n - pos, PART_BYTES - self._filled)
+            self._part.update(view[pos:pos + take])
+            pos += take
+            self._filled += take
+            if self._filled == PART_BYTES:
+                self._parts.append(self._part.digest())
+                self._part, self._filled = hashlib.sha256(), 0
+        self.size += n
+        return n
+
+    def digest(self) -> str:
+        """``sha256parts:<hex>`` of everything written so far."""
+        parts = self._parts + ([self._part.digest()] if self._filled else [])
+        outer = hashlib.sha256(_PARTS_TAG + self.size.to_bytes(8, "little"))
+        outer.update(b"".join(parts))
+        return PARTS_PREFIX + outer.hexdigest()
 
 
 def file_digest(data: bytes) -> str:

@@ -79,10 +79,16 @@ def write_payload(codec: Codec, model: Any, directory: Path, options: dict[str, 
         ) from exc
     digests = {}
     for name in saved.files:
-        data = (directory / name).read_bytes()
-        if looks_like_pickle(data[:2]):
+        if name in saved.digests:
+            with open(directory / name, "rb") as fh:
+                head = fh.read(2)
+            digest = saved.digests[name]
+        else:
+            data = (directory / name).read_bytes()
+            head, digest = data[:2], integrity.file_digest(data)
+        if looks_like_pickle(head):
             raise UnsupportedModelError(f"{name} came out as a pickle stream; refusing to write it.")
-        digests[name] = integrity.file_digest(data)
+        digests[name] = digest
     return saved, digests
 
 

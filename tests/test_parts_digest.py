@@ -48,6 +48,20 @@ def test_parts_digest_known_answer():
     assert integrity.parts_digest(data) != "sha256parts:" + hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_stream_written_in_pieces_gets_the_same_digest(seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, int(rng.integers(0, 4 * MIB)), dtype=np.uint8).tobytes()
+    cuts = np.sort(rng.integers(0, len(data) + 1, int(rng.integers(0, 40))))
+    with open(tmp_path / "f", "wb") as fh:
+        writer = integrity.PartsWriter(fh)
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(data)]):
+            writer.write(np.frombuffer(data, np.uint8)[a:b].reshape(-1, 1) if b > a else b"")
+    assert (tmp_path / "f").read_bytes() == data
+    assert writer.size == len(data)
+    assert writer.digest() == _sequential(data)
+
+
 def test_every_part_and_the_length_are_covered():
     data = bytearray(np.random.default_rng(0).integers(0, 256, 3 * MIB + 100, dtype=np.uint8).tobytes())
     original = integrity.parts_digest(bytes(data))

@@ -22,6 +22,9 @@ class Saved:
     trusted_types: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # Digests (``integrity.file_digest`` form) the codec computed while writing, by file name, so
+    # that a large file is not read back; files missing here are read back and hashed.
+    digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

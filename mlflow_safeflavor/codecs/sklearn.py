@@ -18,7 +18,7 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlflow_safeflavor import policy
+from mlflow_safeflavor import integrity, policy
 from mlflow_safeflavor.codecs import columnar
 from mlflow_safeflavor.codecs.base import Inspected, Saved
 from mlflow_safeflavor.errors import MalformedArtifactError, MissingDependencyError, UnsupportedModelError, UntrustedTypesError
@@ -72,10 +72,15 @@ class SklearnCodec:
         _check_required_at_save(required, options.get("trusted_types") or ())
         (directory / f"{prefix}{MODEL_FILE}").write_bytes(data)
         files = [f"{prefix}{MODEL_FILE}"] + [f for c in components for f in c["files"]]
+        digests: dict[str, str] = {}
         extra: dict[str, Any] = {"components": components} if components else {}
         if cut.slots:
+            # Hashed as it is written: a tree file of tens of MB is not read back for its digest.
             with open(directory / f"{prefix}{columnar.FILE}", "wb") as fh:
-                cut.dump(fh)
+                writer = integrity.PartsWriter(fh)
+                cut.dump(writer)
+            if writer.size >= integrity.PARTS_MIN_BYTES:
+                digests[f"{prefix}{columnar.FILE}"] = writer.digest()
             files.append(f"{prefix}{columnar.FILE}")
             extra["columnar"] = f"{prefix}{columnar.FILE}"
         versions.update({"scikit-learn": sklearn.__version__, "skops": skops.__version__})
@@ -86,6 +91,7 @@ class SklearnCodec:
             trusted_types=tuple(sorted(required)),
             requirements=(f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}", *requirements),
             extra=extra,
+            digests=digests,
         )
 
     def inspect(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, path: str) -> Inspected:

@@ -76,8 +76,9 @@ def dump(arrays: Mapping[str, list[np.ndarray]], dtypes: Mapping[str, str], shap
          metadata: Mapping[str, str], fh: Any) -> None:
     """Write a safetensors file to the binary file ``fh``; each array is written from its parts.
 
-    Parts are written one after another (never concatenated in memory first), largest items
-    first so every array starts aligned to its item size, and the header is padded to 8 bytes.
+    Parts are written one after another (never concatenated in memory first: a buffer of the
+    whole file costs more in page faults than the writes), largest items first so every array
+    starts aligned to its item size, and the header is padded to 8 bytes.
     """
     def align(name: str) -> int:
         row = np.dtype(dtypes[name]).itemsize * int(np.prod(shapes[name][1:], dtype=np.int64))
@@ -97,7 +98,7 @@ def dump(arrays: Mapping[str, list[np.ndarray]], dtypes: Mapping[str, str], shap
     fh.write(raw)
     for name in order:
         for part in arrays[name]:
-            fh.write(np.ascontiguousarray(part, dtype=dtypes[name]).data)
+            fh.write(np.ascontiguousarray(part, dtype=dtypes[name]).reshape(-1).view(np.uint8).data)
 
 
 def _is_int(v: Any) -> bool:
