@@ -101,8 +101,14 @@ def _outside_value(key: bytes) -> int:
     return len(key.translate(None, NUMBER_BYTES))
 
 
+# What a line keeps of its bytes once the number bytes but '\n' are dropped: its key's letters,
+# '_' and '='. The whole section's "skeleton" is compared with the expected one in one go.
+_SKELETON_DROP = NUMBER_BYTES.replace(b"\n", b"")
+_PINS = 4  # the most number bytes ('e') in a key, plus its '='
+
+
 def _layout_tables() -> tuple[np.ndarray, ...]:
-    prefix, mask, field, start, blank, outside = [], [], [], [], [], []
+    prefix, mask, field, start, blank, outside, pin_at, pin_byte = [], [], [], [], [], [], [], []
     for layout in _LAYOUTS:
         rows = [b"Tree="] + [k.encode() + b"=" for k in layout] + [b"", b""]
         for i, row in enumerate(rows):
@@ -112,6 +118,13 @@ def _layout_tables() -> tuple[np.ndarray, ...]:
             start.append(len(row))
             blank.append(not row)
             outside.append(_outside_value(row))
+            # Bytes a canonical line must hold at given offsets: a field line's number bytes inside
+            # its key ('e') and its '='; a blank line's '\n' at offset 0. The spare slots repeat
+            # offset 0 (a key's first letter; the Tree= line is compared whole by _tree_lines).
+            pins = [j for j, ch in enumerate(row) if ch in _SKELETON_DROP or ch == 61] if 0 < i <= len(layout) else []
+            pins += [0] * (_PINS - len(pins))
+            pin_at.append(pins)
+            pin_byte.append([(row or b"\n")[j] for j in pins])
     base = offsets_of(_LAYOUT_LINES)[:-1]
     return (
         np.array(prefix, dtype=np.uint8),
@@ -120,11 +133,27 @@ def _layout_tables() -> tuple[np.ndarray, ...]:
         np.array(start),
         np.array(blank),
         np.array(outside),
+        np.array(pin_at, dtype=np.int64),
+        np.array(pin_byte, dtype=np.uint8),
         base,
     )
 
 
-_PREFIX, _PREFIX_MASK, _ROW_FIELD, _ROW_VALUE_START, _ROW_BLANK, _ROW_OUTSIDE, _LAYOUT_BASE = _layout_tables()
+(
+    _PREFIX,
+    _PREFIX_MASK,
+    _ROW_FIELD,
+    _ROW_VALUE_START,
+    _ROW_BLANK,
+    _ROW_OUTSIDE,
+    _ROW_PIN_AT,
+    _ROW_PIN_BYTE,
+    _LAYOUT_BASE,
+) = _layout_tables()
+_LAYOUT_SKELETON = tuple(
+    b"".join((row.translate(None, _SKELETON_DROP) + b"\n") for row in [b"Tree="] + [k.encode() + b"=" for k in layout] + [b"", b""])
+    for layout in _LAYOUTS
+)
 
 
 class Section(NamedTuple):
@@ -154,11 +183,13 @@ def read_section(region: bytes, sizes: list[int]) -> Section:
     c = a.take(pos)
     is_newline = c == 10
     newlines = pos[is_newline]
-    line_block, field, value_start, outside = _tree_lines(region, a, newlines, sizes)
+    skeleton = region.translate(None, _SKELETON_DROP)
+    line_block, field, value_start, outside = _tree_lines(region, a, newlines, sizes, skeleton)
 
     # Characters: besides digits, '.', 'e', ' ', '\n', '+', '-', the section holds only the
     # "Tree=" and field names of its lines (no letters, quotes, controls, non-ASCII in a value).
-    if len(region.translate(None, NUMBER_BYTES)) != outside:
+    # (outside is None when _tree_lines matched the whole skeleton, which already proves it.)
+    if outside is not None and len(skeleton) - skeleton.count(b"\n") != outside:
         raise Refused("a tree has a value with a character that is not part of a number")
 
     kv = np.flatnonzero(field >= 0)
@@ -182,11 +213,16 @@ def expected_counts(L: np.ndarray, num_cat: np.ndarray, linear: np.ndarray, pars
     return expected
 
 
-def _tree_lines(region: bytes, a: np.ndarray, newlines: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, ...]:
+def _tree_lines(
+    region: bytes, a: np.ndarray, newlines: np.ndarray, sizes: list[int], skeleton: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
     """Every line of the section: its tree, field (-1: the Tree= line or a blank line), value start.
 
     Also returns how many bytes outside numbers the lines' 'key=' parts hold (for the character
-    check). Blocks in model_to_string's layout are checked vectorised, others line by line.
+    check), or None when every block is in model_to_string's layout with nothing but number bytes
+    in its values (the common case, proven from ``skeleton``, the section without its number bytes
+    but '\n'). Otherwise blocks in model_to_string's layout are checked vectorised, others line
+    by line.
     """
     n = len(sizes)
     offsets = offsets_of(sizes)
@@ -208,6 +244,8 @@ def _tree_lines(region: bytes, a: np.ndarray, newlines: np.ndarray, sizes: list[
         layout[per_block == lines] = k
     canonical = layout[line_block] >= 0
     row = np.where(canonical, _LAYOUT_BASE[layout[line_block]] + line_no, 0)
+    if layout.min(initial=0) >= 0 and _all_canonical(a, skeleton, layout, row, line_start, newlines):
+        return line_block, _ROW_FIELD.take(row), line_start + _ROW_VALUE_START.take(row), None
     idx = np.minimum(line_start[:, None] + np.arange(_WIDTH), a.size - 1)
     wrong = ((a[idx] != _PREFIX[row]) & _PREFIX_MASK[row]).any(axis=1)
     wrong |= _ROW_BLANK[row] & (newlines != line_start)
@@ -223,6 +261,28 @@ def _tree_lines(region: bytes, a: np.ndarray, newlines: np.ndarray, sizes: list[
         field[lines], value_start[lines] = f, v
         outside += o
     return line_block, field, value_start, outside
+
+
+def _all_canonical(
+    a: np.ndarray, skeleton: bytes, layout: np.ndarray, row: np.ndarray, line_start: np.ndarray, newlines: np.ndarray
+) -> bool:
+    """Whether every line is exactly its layout row's line: 'Tree=i' (checked by the caller), a
+    'key=' followed by number bytes only, or empty.
+
+    Why this suffices: with the number bytes but '\n' dropped, each field line must leave exactly
+    its key's other bytes (the skeletons are equal line for line), and the key's own number bytes
+    ('e') and its '=' must sit where the key puts them, inside the line. The '=' is then the
+    line's last byte that is not a number byte (the key has one '=' and it ends the key's
+    skeleton), so the bytes after it are number bytes, and the key's slots before it hold exactly
+    as many other bytes as the key's skeleton has, in its order: the line starts with the key.
+    """
+    if skeleton != b"".join([_LAYOUT_SKELETON[k] for k in layout.tolist()]):
+        return False
+    # The key fits in its line (value start <= line end) and the pinned bytes are in place.
+    if np.any(line_start + _ROW_VALUE_START.take(row) > newlines):
+        return False
+    found = a.take(line_start[:, None] + _ROW_PIN_AT.take(row, axis=0), mode="clip")
+    return bool(np.array_equal(found, _ROW_PIN_BYTE.take(row, axis=0)))
 
 
 def _block_lines_slow(region: bytes, starts: np.ndarray, ends: np.ndarray, t: int) -> tuple[list, list, int]:
@@ -254,21 +314,39 @@ def _block_lines_slow(region: bytes, starts: np.ndarray, ends: np.ndarray, t: in
     return fields, value_starts, outside
 
 
-def small_ints(values: list[bytes], what: str, lo: int, hi: int) -> np.ndarray:
-    """One small non-negative integer per tree (num_leaves, num_cat, is_linear)."""
-    for i, v in enumerate(values):
-        if not (v and len(v) <= 9 and v.isdigit()):
-            raise Refused(f"tree {i} has a malformed {what} {v[:20]!r}")
-    array = np.array(list(map(int, values)), dtype=np.int64)
-    tree = first_outside(array, lo, hi)
-    if tree is not None:
-        raise Refused(f"tree {tree} has {what}={int(array[tree])} (allowed {lo}..{hi})")
-    return array
+def small_ints(
+    region: bytes, spans: np.ndarray, key: str, lo: int, hi: int, trees: np.ndarray | None = None
+) -> np.ndarray:
+    """One small non-negative integer per tree (num_leaves, num_cat, is_linear): 1 to 9 digits."""
+    col = spans[:, K[key]] if trees is None else spans[trees, K[key]]
+    start, width = col[:, 0], col[:, 1] - col[:, 0]
+    a = np.frombuffer(region, dtype=np.uint8)
+    ok = (width >= 1) & (width <= 9)
+    value = np.zeros(start.size, dtype=np.int64)
+    for k in range(int(width[ok].max(initial=0))):  # digit by digit, all trees at once
+        inside = ok & (k < width)
+        digit = a.take(start + k, mode="clip").astype(np.int64) - 48
+        ok &= ~inside | ((digit >= 0) & (digit <= 9))
+        value = np.where(inside, value * 10 + digit, value)
+    if not ok.all():
+        i = int(np.argmax(~ok))
+        tree = i if trees is None else int(trees[i])
+        raise Refused(f"tree {tree} has a malformed {key} {region[start[i] : start[i] + width[i]][:20]!r}")
+    i = first_outside(value, lo, hi)
+    if i is not None:
+        tree = i if trees is None else int(trees[i])
+        raise Refused(f"tree {tree} has {key}={int(value[i])} (allowed {lo}..{hi})")
+    return value
 
 
 def field_values(region: bytes, spans: np.ndarray, key: str, trees: np.ndarray | None = None) -> list[bytes]:
     col = spans[:, K[key]] if trees is None else spans[trees, K[key]]
     return [region[s:e] for s, e in col.tolist()]
+
+
+# More digits than this could overflow int64 while parsing; such (legal, zero-padded) values take
+# the slow path, which parses exactly as before.
+_MAX_FAST_DIGITS = 18
 
 
 def parse_ints(
@@ -280,24 +358,67 @@ def parse_ints(
     lo: int = -INT32_MAX - 1,
     hi: int = INT32_MAX,
 ) -> list[np.ndarray]:
-    """Integer fields ``keys`` of ``trees``, concatenated per field; their lengths were checked."""
+    """Integer fields ``keys`` of ``trees``, concatenated per field; their lengths were checked.
+
+    The values are parsed where they are, all at once: the bytes of every selected line's value
+    (with its line break) are gathered, cut at spaces and line breaks, and read digit position by
+    digit position across all values.
+    """
     total = int(per_tree[trees].sum())
     if total == 0:
         return [np.zeros(0, dtype=np.int64) for _ in keys]
+    what = "/".join(keys)
+    cols = spans[trees][:, [K[key] for key in keys]].transpose(1, 0, 2).reshape(-1, 2)  # key-major
+    starts, lengths = cols[:, 0], cols[:, 1] - cols[:, 0] + 1
+    a = np.frombuffer(region, dtype=np.uint8)
+    at = offsets_of(lengths)
+    b = a.take(np.arange(int(at[-1])) + np.repeat(starts - at[:-1], lengths))
+    sep = (b == 32) | (b == 10)
+    minus = b == 45
+    first = np.empty_like(sep)  # a value's first byte: after a separator
+    first[0] = True
+    first[1:] = sep[:-1]
+    # Digits, separators, and a '-' that starts a value and is followed by a digit; no empty value.
+    if (
+        not np.all(((b - 48) < 10) | sep | (minus & first))
+        or np.any(first & sep)
+        or np.any(minus[:-1] & sep[1:])
+    ):
+        raise Refused(f"a tree's {what} holds a value that is not an integer")
+    ends = np.flatnonzero(sep)
+    if ends.size != total * len(keys):
+        raise Refused(f"a tree's {what} holds a value that is not an integer")
+    begins = np.empty_like(ends)
+    begins[0] = 0
+    begins[1:] = ends[:-1] + 1
+    negative = minus.take(begins)
+    begins += negative
+    width = ends - begins
+    longest = int(width.max())
+    if longest > _MAX_FAST_DIGITS:
+        array = _parse_ints_slow(region, spans, keys, trees, total, what)
+    else:
+        # Digit by digit across all values (int32 holds up to 9 digits and is faster).
+        kind = np.int32 if longest <= 9 else np.int64
+        array = b.take(begins).astype(kind) - 48
+        for k in range(1, longest):
+            digit = b.take(begins + k, mode="clip").astype(kind) - 48
+            array = np.where(width > k, array * 10 + digit, array)
+        array = np.where(negative, -array, array).astype(np.int64)
+    if first_outside(array, lo, hi) is not None:
+        raise Refused(f"a tree's {what} has a value outside [{lo}, {hi}]")
+    return [array[i * total : (i + 1) * total] for i in range(len(keys))]
+
+
+def _parse_ints_slow(region: bytes, spans: np.ndarray, keys: tuple[str, ...], trees: np.ndarray, total: int, what: str) -> np.ndarray:
+    """parse_ints for values of more than _MAX_FAST_DIGITS digits (zero-padded or out of range)."""
     joined = b" ".join([piece for key in keys for piece in field_values(region, spans, key, trees)])
-    # Digits, spaces and a '-' that starts a value only: every value then parses, and a '-' inside
-    # a value ("1-2") can only add values, which the total below catches.
-    if joined.translate(None, b"0123456789 -"):
-        raise Refused(f"a tree's {'/'.join(keys)} holds a value that is not an integer")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         array = np.fromstring(joined, dtype=np.int64, sep=" ")
     if array.size != total * len(keys):
-        raise Refused(f"a tree's {'/'.join(keys)} holds a value that is not an integer")
-    if first_outside(array, lo, hi) is not None:
-        raise Refused(f"a tree's {'/'.join(keys)} has a value outside [{lo}, {hi}]")
-    return [array[i * total : (i + 1) * total] for i in range(len(keys))]
-
+        raise Refused(f"a tree's {what} holds a value that is not an integer")
+    return array
 
 
 def check_numbers(section: Section, expected: np.ndarray) -> np.ndarray:

@@ -30,13 +30,12 @@ def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:
         missing = spans[:, K[key], 0] < 0
         if missing.any():  # LightGBM: Log::Fatal inside the parallel loop, i.e. abort
             raise Refused(f"tree {int(np.argmax(missing))} has no {key}")
-    L = small_ints(field_values(region, spans, "num_leaves"), "num_leaves", 1, MAX_LEAVES)
-    num_cat = small_ints(field_values(region, spans, "num_cat"), "num_cat", 0, MAX_LEAVES)
+    L = small_ints(region, spans, "num_leaves", 1, MAX_LEAVES)
+    num_cat = small_ints(region, spans, "num_cat", 0, MAX_LEAVES)
     linear = np.zeros(n, dtype=bool)
     has_linear = spans[:, K["is_linear"], 0] >= 0
     if has_linear.any():
-        flags = field_values(region, spans, "is_linear", np.flatnonzero(has_linear))
-        linear[has_linear] = small_ints(flags, "is_linear", 0, 1).astype(bool)
+        linear[has_linear] = small_ints(region, spans, "is_linear", 0, 1, np.flatnonzero(has_linear)).astype(bool)
     # LightGBM stops reading a single-leaf, non-linear tree after num_cat, leaf_value,
     # shrinkage and is_linear; it reads no array whose length is 0.
     parsed = (L > 1) | linear
