@@ -40,8 +40,10 @@ load runs in a fresh process, which resets its peak RSS (``/proc/self/clear_refs
 the load, so the figure is the growth during that one load.
 
 Targets (from the performance issue) are judged per model:
-save <= 1.5 x raw save + 50 ms; load <= 1.2 x raw load; pyfunc 1-row predict <= raw + 0.2 ms
-(judged on our wrapper's own overhead; the full PyFuncModel figures are shown next to it).
+save <= 1.5 x raw save + 50 ms; load <= 1.2 x raw load (XGBoost, LightGBM, CatBoost: <= 1.2 x raw
+load + 2 ms, the fixed cost of reading MLmodel, checking digests and validating the native file);
+pyfunc 1-row predict <= raw + 0.2 ms (judged on our wrapper's own overhead; the full PyFuncModel
+figures are shown next to it).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ N_BIG = 10_000
 N_TREES = 150
 # scikit-learn models judged against pickle (issue 15); the other sklearn ones against raw skops.
 TREE_KEYS = ("rf", "et", "hgb", "pipe_rf")
+# Native GBDT models: load judged as <= 1.2 x raw + 2 ms (issue 15).
+GBDT_LIBRARIES = ("xgboost", "lightgbm", "catboost")
+GBDT_LOAD_SLACK_S = 0.002
 
 
 # ------------------------------------------------------------------------------------- models
@@ -428,9 +433,13 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
     res["predict1"]["wrapper_fixed_cost"] = wrapper_fixed_cost(impl, X1)
 
     s, l, p1 = res["save"], res["load"], res["predict1"]
+    # Issue 15: a native GBDT load may cost its library's own load plus a fixed 2 ms (MLmodel,
+    # digests, structural validation); the skops models keep the proportional target.
+    load_slack = GBDT_LOAD_SLACK_S if b.library in GBDT_LIBRARIES else 0.0
+    res["load_target"] = "≤ 1.2×raw+2ms" if load_slack else "≤ 1.2×raw"
     res["targets"] = {
         "save": s["ours"] <= 1.5 * s["raw"] + 0.050,
-        "load": l["ours"] <= 1.2 * l["raw"],
+        "load": l["ours"] <= 1.2 * l["raw"] + load_slack,
         # Judged on the paired estimate: a difference of two medians of ~ms calls on a shared
         # machine is noisier than the 0.2 ms budget itself.
         "predict1": p1["wrapper_overhead_paired"] <= 0.0002,
@@ -527,14 +536,14 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace) -> str:
 
     w("### Save and load (median ms; ratios are ours ÷ other)\n")
     w("| model | save ours | save builtin | ×builtin | save raw | ×raw | save ≤ 1.5×raw+50ms | "
-      "load ours | load builtin | ×builtin | load raw | ×raw | load ≤ 1.2×raw |")
+      "load ours | load builtin | ×builtin | load raw | ×raw | load target |")
     w("|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|:---:|")
     for r in results:
         s, l, t = r["save"], r["load"], r["targets"]
         w(f"| {r['key']} | {ms(s['ours'])} | {ms(s['builtin'])} | {ratio(s['ours'], s['builtin'])} | "
           f"{ms(s['raw'])} | {ratio(s['ours'], s['raw'])} | {ok(t['save'])} | "
           f"{ms(l['ours'])} | {ms(l['builtin'])} | {ratio(l['ours'], l['builtin'])} | "
-          f"{ms(l['raw'])} | {ratio(l['ours'], l['raw'])} | {ok(t['load'])} |")
+          f"{ms(l['raw'])} | {ratio(l['ours'], l['raw'])} | {r['load_target']} {ok(t['load'])} |")
 
     sk = [r for r in results if "pickle" in r["load"]]
     if sk:
