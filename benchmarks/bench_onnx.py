@@ -172,6 +172,10 @@ def run_one(b: Bench, root: Path, cfg: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     sf.save_model(b.model, ours, input_example=example, onnx=True)
     first_save = time.perf_counter() - t0
+    # The issue's case as written: onnx=True and otherwise default arguments, so no signature and
+    # no schema enforcement by MLflow on each call.
+    plain_onnx = root / f"{b.key}-ours-onnx-only"
+    sf.save_model(b.model, plain_onnx, onnx=True)
     counter = iter(range(10**6))
     saves = interleaved({
         "default": lambda: sf.save_model(b.model, root / f"{b.key}-default-{next(counter)}", input_example=example),
@@ -201,6 +205,7 @@ def run_one(b: Bench, root: Path, cfg: argparse.Namespace) -> dict[str, Any]:
     res["load"] = {k: statistics.median(v) for k, v in loads.items()}
 
     pf = sf.load_pyfunc(str(ours))
+    pf_plain = mlflow.pyfunc.load_model(str(plain_onnx))
     pb = mlflow.pyfunc.load_model(str(builtin_dir))
     impl, bimpl = pf._model_impl, pb._model_impl
     big = _data(20_000, 1)[0][list(b.X.columns)]
@@ -235,6 +240,7 @@ def run_one(b: Bench, root: Path, cfg: argparse.Namespace) -> dict[str, Any]:
         "native": lambda: pf.predict(X1, params={"backend": "native"}),
         "onnx": lambda: pf.predict(X1, params={"backend": "onnx"}),
         "auto": lambda: pf.predict(X1),
+        "auto_nosig": lambda: pf_plain.predict(X1),
         "builtin": lambda: pb.predict(X1),
         "library": lambda: b.model.predict(X1),
     }, cfg.reps1, cfg.budget)
@@ -339,14 +345,16 @@ def report(results: list[dict[str, Any]], serving: dict[str, dict]) -> str:
     w("### Targets (issue 16)\n")
     w("| model | default save (no input example) | library save | ≤ 1.5×library + 50 ms | default save with "
       "`input_example` (+ signature inference, example file) | auto ÷ native time, 10k rows | "
-      "auto ÷ onnx time, 1 row | crossover rows | labels identical, 20k rows | 1-row `PyFuncModel.predict` (auto) vs the library's `predict` |")
-    w("|---|---:|---:|:---:|---:|---:|---:|---:|:---:|---:|")
+      "auto ÷ onnx time, 1 row | crossover rows | labels identical, 20k rows | 1-row `PyFuncModel.predict` (auto) vs the library's `predict`: "
+      "saved with `onnx=True` | … and an `input_example` (MLflow's schema enforcement per call) |")
+    w("|---|---:|---:|:---:|---:|---:|---:|---:|:---:|---:|---:|")
     for r in results:
         sv = r["save"]
         ok = sv["bare"] <= 1.5 * sv["raw"] + 0.05
         w(f"| {r['key']} | {ms(sv['bare'])} | {ms(sv['raw'])} | {'met' if ok else '**missed**'} | {ms(sv['default'])} | "
           f"{r['target10k']['auto'] / r['target10k']['native']:.2f} | {r['target1']['auto'] / r['target1']['onnx']:.2f} | {r['crossover']} | "
-          f"{'yes' if r['labels_identical_20k'] else '**NO**'} | {ratio(r['pyfunc1']['auto'][0], r['pyfunc1']['library'][0])} |")
+          f"{'yes' if r['labels_identical_20k'] else '**NO**'} | {ratio(r['pyfunc1']['auto_nosig'][0], r['pyfunc1']['library'][0])} | "
+          f"{ratio(r['pyfunc1']['auto'][0], r['pyfunc1']['library'][0])} |")
     w("\n### Predict latency through the pyfunc implementation (ms, p50 / p99)\n")
     w("| model | rows | native (ours) | ONNX (ours) | auto (ours) | built-in flavor | auto vs built-in | auto vs native |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -356,11 +364,11 @@ def report(results: list[dict[str, Any]], serving: dict[str, dict]) -> str:
             w(f"| {r['key']} | {rows:,} | {ms(n[0])} / {ms(n[1])} | {ms(o[0])} / {ms(o[1])} | {ms(a[0])} / {ms(a[1])} | "
               f"{ms(b[0])} / {ms(b[1])} | {ratio(a[0], b[0])} | {ratio(a[0], n[0])} |")
     w("\n### One row through the full `PyFuncModel.predict` (MLflow's schema enforcement included; ms p50 / p99)\n")
-    w("| model | native (ours) | ONNX (ours) | auto (ours) | built-in flavor | the library's `predict` | auto vs built-in |")
-    w("|---|---:|---:|---:|---:|---:|---:|")
+    w("| model | native (ours) | ONNX (ours) | auto (ours) | auto (ours, saved with onnx=True only: no signature) | built-in flavor | the library's `predict` | auto vs built-in |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         t = r["pyfunc1"]
-        cells = " | ".join(f"{ms(t[k][0])} / {ms(t[k][1])}" for k in ("native", "onnx", "auto", "builtin", "library"))
+        cells = " | ".join(f"{ms(t[k][0])} / {ms(t[k][1])}" for k in ("native", "onnx", "auto", "auto_nosig", "builtin", "library"))
         w(f"| {r['key']} | {cells} | {ratio(t['auto'][0], t['builtin'][0])} |")
     w("\n### Load and save (median ms)\n")
     w("| model | load native | load ONNX | load built-in | save, defaults + input_example | save, library | save, onnx=True | "
