@@ -318,8 +318,17 @@ def small_ints(
     region: bytes, spans: np.ndarray, key: str, lo: int, hi: int, trees: np.ndarray | None = None
 ) -> np.ndarray:
     """One small non-negative integer per tree (num_leaves, num_cat, is_linear): 1 to 9 digits."""
-    col = spans[:, K[key]] if trees is None else spans[trees, K[key]]
-    start, width = col[:, 0], col[:, 1] - col[:, 0]
+    (value,) = small_ints_of(region, spans, ((key, lo, hi),), trees)
+    return value
+
+
+def small_ints_of(
+    region: bytes, spans: np.ndarray, fields: tuple[tuple[str, int, int], ...], trees: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """:func:`small_ints` for several ``(key, lo, hi)`` fields at once (one pass over their digits)."""
+    cols = spans[:, [K[key] for key, _, _ in fields]] if trees is None else spans[trees][:, [K[key] for key, _, _ in fields]]
+    start = cols[:, :, 0].T.ravel()  # field-major
+    width = cols[:, :, 1].T.ravel() - start
     a = np.frombuffer(region, dtype=np.uint8)
     ok = (width >= 1) & (width <= 9)
     value = np.zeros(start.size, dtype=np.int64)
@@ -328,15 +337,21 @@ def small_ints(
         digit = a.take(start + k, mode="clip").astype(np.int64) - 48
         ok &= ~inside | ((digit >= 0) & (digit <= 9))
         value = np.where(inside, value * 10 + digit, value)
-    if not ok.all():
-        i = int(np.argmax(~ok))
-        tree = i if trees is None else int(trees[i])
-        raise Refused(f"tree {tree} has a malformed {key} {region[start[i] : start[i] + width[i]][:20]!r}")
-    i = first_outside(value, lo, hi)
-    if i is not None:
-        tree = i if trees is None else int(trees[i])
-        raise Refused(f"tree {tree} has {key}={int(value[i])} (allowed {lo}..{hi})")
-    return value
+    n = cols.shape[0]
+    out = []
+    for f, (key, lo, hi) in enumerate(fields):
+        part = slice(f * n, (f + 1) * n)
+        if not ok[part].all():
+            i = int(np.argmax(~ok[part]))
+            tree = i if trees is None else int(trees[i])
+            at, w = int(start[part][i]), int(width[part][i])
+            raise Refused(f"tree {tree} has a malformed {key} {region[at : at + max(w, 0)][:20]!r}")
+        i = first_outside(value[part], lo, hi)
+        if i is not None:
+            tree = i if trees is None else int(trees[i])
+            raise Refused(f"tree {tree} has {key}={int(value[part][i])} (allowed {lo}..{hi})")
+        out.append(value[part])
+    return out
 
 
 def field_values(region: bytes, spans: np.ndarray, key: str, trees: np.ndarray | None = None) -> list[bytes]:

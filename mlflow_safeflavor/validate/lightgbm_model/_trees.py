@@ -17,6 +17,7 @@ from mlflow_safeflavor.validate.lightgbm_model._text import (
     parse_ints,
     read_section,
     small_ints,
+    small_ints_of,
 )
 
 
@@ -30,12 +31,15 @@ def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:
         missing = spans[:, K[key], 0] < 0
         if missing.any():  # LightGBM: Log::Fatal inside the parallel loop, i.e. abort
             raise Refused(f"tree {int(np.argmax(missing))} has no {key}")
-    L = small_ints(region, spans, "num_leaves", 1, MAX_LEAVES)
-    num_cat = small_ints(region, spans, "num_cat", 0, MAX_LEAVES)
-    linear = np.zeros(n, dtype=bool)
     has_linear = spans[:, K["is_linear"], 0] >= 0
-    if has_linear.any():
-        linear[has_linear] = small_ints(region, spans, "is_linear", 0, 1, np.flatnonzero(has_linear)).astype(bool)
+    if has_linear.all():  # model_to_string writes is_linear in every tree
+        L, num_cat, flags = small_ints_of(region, spans, (("num_leaves", 1, MAX_LEAVES), ("num_cat", 0, MAX_LEAVES), ("is_linear", 0, 1)))
+        linear = flags.astype(bool)
+    else:
+        L, num_cat = small_ints_of(region, spans, (("num_leaves", 1, MAX_LEAVES), ("num_cat", 0, MAX_LEAVES)))
+        linear = np.zeros(n, dtype=bool)
+        if has_linear.any():
+            linear[has_linear] = small_ints(region, spans, "is_linear", 0, 1, np.flatnonzero(has_linear)).astype(bool)
     # LightGBM stops reading a single-leaf, non-linear tree after num_cat, leaf_value,
     # shrinkage and is_linear; it reads no array whose length is 0.
     parsed = (L > 1) | linear
@@ -99,30 +103,35 @@ def _check_children(left: np.ndarray, right: np.ndarray, L: np.ndarray, n_int: n
     """Every child in range and after its parent; every node and leaf reached exactly once."""
     total = left.size
     node_off = offsets_of(n_int)
-    base = np.tile(node_off[tree_of], 2)
-    local = np.tile(np.arange(total) - node_off[tree_of], 2)
-    leaves = np.tile(L[tree_of], 2)
-    child = np.concatenate((left, right))
+    first = node_off.take(tree_of)  # per node: its tree's first node
+    local = np.arange(total) - first
+    leaves = L.take(tree_of)
+    child = np.concatenate((left, right))  # both sides at once: node i and node total + i
+    local2 = np.concatenate((local, local))
+    leaves2 = np.concatenate((leaves, leaves))
     # An internal child (>= 0) comes after its parent (LightGBM numbers a node after its parent)
     # and is < num_leaves - 1; a leaf child ~l (< 0) has 0 <= l < num_leaves, i.e. child >= -L.
     to_node = child >= 0
-    bad = (child < -leaves) | (child > leaves - 2) | (to_node & (child <= local))
+    bad = (child < -leaves2) | (child > leaves2 - 2) | (to_node & (child <= local2))
     if bad.any():
         i = int(np.argmax(bad))
         side = "left_child" if i < total else "right_child"
         t = int(tree_of[i % total])
         raise Refused(
-            f"tree {t} node {int(local[i])} has {side}={int(child[i])}, out of range or not after "
+            f"tree {t} node {int(local2[i])} has {side}={int(child[i])}, out of range or not after "
             f"its parent (num_leaves={int(L[t])})"
         )
     # Every node but the root (never a child: children point forward) is the child of exactly
     # one node; then each split tree has exactly num_leaves leaf slots, and all must differ.
-    internal_in = np.bincount((base + child)[to_node], minlength=total)
-    if not np.array_equal(internal_in, local[:total] != 0):
-        i = int(np.argmax(internal_in != (local[:total] != 0)))
-        raise Refused(f"tree {int(tree_of[i])} node {int(local[i])} is the child of {int(internal_in[i])} nodes")
+    # One count over both: node slots [0, total), then the leaf slots of all trees.
     leaf_off = offsets_of(L)
-    leaf_in = np.bincount((np.tile(leaf_off[tree_of], 2) + ~child)[~to_node], minlength=int(leaf_off[-1]))
+    first2 = np.concatenate((first, first))
+    slot = np.where(to_node, first2 + child, total + leaf_off.take(np.concatenate((tree_of, tree_of))) + ~child)
+    reached = np.bincount(slot, minlength=total + int(leaf_off[-1]))
+    internal_in, leaf_in = reached[:total], reached[total:]
+    if not np.array_equal(internal_in, local != 0):
+        i = int(np.argmax(internal_in != (local != 0)))
+        raise Refused(f"tree {int(tree_of[i])} node {int(local[i])} is the child of {int(internal_in[i])} nodes")
     if leaf_in.max(initial=0) > 1:
         i = int(np.argmax(leaf_in))
         t, leaf = locate(leaf_off, i)
