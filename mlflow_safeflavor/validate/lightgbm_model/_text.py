@@ -194,8 +194,10 @@ def read_section(region: bytes, sizes: list[int]) -> Section:
 
     kv = np.flatnonzero(field >= 0)
     spans = np.full((n, len(TREE_KEYS), 2), -1, dtype=np.int64)
-    spans[line_block[kv], field[kv], 0] = value_start[kv]
-    spans[line_block[kv], field[kv], 1] = newlines[kv]
+    at = (line_block.take(kv) * len(TREE_KEYS) + field.take(kv)) * 2  # flat index of [tree, field, 0]
+    flat = spans.reshape(-1)
+    flat[at] = value_start.take(kv)
+    flat[at + 1] = newlines.take(kv)
     return Section(region, a, pos, c, is_newline, newlines, line_block, field, value_start, kv, spans)
 
 
@@ -457,7 +459,7 @@ def check_numbers(section: Section, expected: np.ndarray) -> np.ndarray:
         kv = kv[~loose]
     # The section ends with a blank line, so every byte but the last '\n' has a next byte.
     inner = pos[:-1]
-    nxt = a.take(inner + 1)
+    nxt = a[1:].take(inner)  # the byte after each separator or sign
     cc = c[:-1]
     bad = (nxt - 48) >= 10  # the next byte is not a digit (uint8 arithmetic wraps)
     bad &= cc != 10  # '\n' is followed by the next line's name, matched already
