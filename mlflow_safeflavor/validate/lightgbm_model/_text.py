@@ -3,12 +3,16 @@ the numbers in those values (their characters and how many each field holds).
 
 LightGBM cuts the tree section at tree_sizes and parses every block on its own. Here the whole
 section is scanned once with NumPy for its separators ('\\n', ' ') and signs ('-', '+'), the only
-bytes <= 45 it may hold. The line breaks give every block's lines: a block in model_to_string's
-exact layout (the common case) has its field names compared vectorised; any other block is
-parsed line by line. Every field's value is then known by its span, and the numbers of the whole
-section are checked together: their characters, the bytes around separators and signs, and how
-many values each field holds. Only the fields that define the tree's shape are parsed (by
-:mod:`._trees`).
+bytes <= 45 it may hold. The line breaks give every block's lines. When every block is in
+model_to_string's exact layout (the common case), one comparison of the section's "skeleton" (its
+bytes without the number bytes but '\\n') with the layouts' skeletons, plus the few key bytes that
+are number bytes ('e') and each '=', proves every line's key and that values hold number bytes
+only (see :func:`_all_canonical`); otherwise the keys are compared vectorised for blocks in a
+layout and parsed line by line for the others. Every field's value is then known by its span, and
+the numbers of the whole section are checked together: their characters, the bytes around
+separators and signs, and how many values each field holds. Only the fields that define the
+tree's shape are parsed (by :func:`parse_ints` and :func:`small_ints`, digit position by digit
+position across all trees at once).
 """
 
 from __future__ import annotations

@@ -1,0 +1,114 @@
+"""The LightGBM validator's bulk paths: the skeleton proof for canonical tree sections and the
+digit-wise integer parsing. Each case here is a near miss the bulk path must still refuse, or a
+legal oddity it must read exactly as the line-by-line path does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlflow_safeflavor.errors import MalformedArtifactError
+from mlflow_safeflavor.validate.lightgbm_model import _header, _text, validate
+from test_validate_lightgbm import _small_regression, fix_tree_sizes, get_field, set_field
+
+lgb = pytest.importorskip("lightgbm")
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    X = np.random.default_rng(4).normal(size=(400, 6))
+    y = X[:, 0] - 2 * X[:, 1] + np.sin(X[:, 2])
+    return lgb.train({"verbose": -1, "seed": 0, "num_leaves": 15}, lgb.Dataset(X, y), 12).model_to_string()
+
+
+def _lines_outside(text: str) -> int | None:
+    """_tree_lines' 'outside' count for ``text``: None when the skeleton proof accepted the section."""
+    data = text.encode()
+    p0 = data.find(b"\nTree=") + 1
+    sizes = _header.parse_header(data[:p0].decode())["tree_sizes"]
+    region = data[p0 : p0 + sum(sizes)]
+    a = np.frombuffer(region, dtype=np.uint8)
+    newlines = np.flatnonzero(a == 10)
+    return _text._tree_lines(region, a, newlines, sizes, region.translate(None, _text._SKELETON_DROP))[3]
+
+
+def _refused(text: str) -> str:
+    with pytest.raises(MalformedArtifactError) as info:
+        validate(text, path="m/model.txt")
+    return info.value.message
+
+
+def test_model_to_string_takes_the_skeleton_path(model):
+    validate(model, path="m/model.txt")
+    assert _lines_outside(model) is None
+
+
+def test_reordered_block_takes_the_line_path_and_still_loads(model):
+    """LightGBM reads a block's fields in any order; such a block is checked line by line."""
+    start = model.index("\nTree=1\n") + 1
+    end = model.index("\nTree=2\n") + 1
+    block = model[start:end].split("\n")
+    i, j = next(k for k, line in enumerate(block) if line.startswith("split_gain=")), next(
+        k for k, line in enumerate(block) if line.startswith("threshold=")
+    )
+    block[i], block[j] = block[j], block[i]
+    text = model[:start] + "\n".join(block) + model[end:]
+    assert _lines_outside(text) is not None
+    validate(text, path="m/model.txt")
+    lgb.Booster(model_str=text)
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("num_leaves=", "num_l3aves="),  # a digit where the key has an 'e': same skeleton
+        ("num_leaves=", "num_l.aves="),
+        ("leaf_value=", "leaf_valu5="),
+        ("internal_weight=", "int-rnal_weight="),
+        ("num_leaves=", "num_lavs=eee"),  # 'e's moved past the '=': same skeleton, '=' misplaced
+        ("threshold=", "thr1eshold="),
+        ("split_feature=", "split_f eature="),
+    ],
+)
+def test_key_near_misses_refused(model, old, new):
+    text = fix_tree_sizes(model.replace("\n" + old, "\n" + new, 1))
+    assert text != model
+    _refused(text)
+
+
+@pytest.mark.parametrize("value", ["1.5x", "1,5", "0x10", "nan", "inf", "1_0", "１", "1\t"])
+def test_value_with_a_non_number_character_refused(model, value):
+    values = get_field(model, 3, "leaf_value")
+    values[2] = value
+    _refused(set_field(model, 3, "leaf_value", " ".join(values)))
+
+
+def test_blank_line_holding_a_number_refused(model):
+    start = model.index("\nTree=2\n") + 1
+    end = model.index("\nTree=3\n") + 1
+    block = model[start:end]
+    assert block.endswith("\n\n")
+    _refused(fix_tree_sizes(model[:start] + block[:-1] + "7\n" + model[end:]))
+
+
+def test_integer_fields_parse_like_before(model):
+    """Zero padding is legal (LightGBM reads it), also beyond the 18 digits the bulk parser takes."""
+    values = get_field(model, 0, "left_child")
+    for pad in (3, 17, 25):
+        padded = [("-" if v.startswith("-") else "") + v.lstrip("-").rjust(pad, "0") for v in values]
+        text = set_field(model, 0, "left_child", " ".join(padded))
+        validate(text, path="m/model.txt")
+        assert lgb.Booster(model_str=text).predict(np.zeros((2, 6))).shape == (2,)
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "-2147483649", "2147483648", "1-2", "--1", "+1", "1.0", "1e1", "-"])
+def test_bad_integer_refused(model, value):
+    values = get_field(model, 0, "right_child")
+    values[0] = value
+    _refused(set_field(model, 0, "right_child", " ".join(values)))
+
+
+@pytest.mark.parametrize("key,value", [("num_leaves", "4.0"), ("num_leaves", "1234567890"), ("num_cat", "-0"), ("is_linear", "2"), ("num_leaves", "")])
+def test_bad_small_ints_refused(key, value):
+    text = _small_regression()
+    _refused(set_field(text, 1, key, value))
