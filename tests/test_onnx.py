@@ -78,6 +78,8 @@ EXPORTED = {
     # Scalers in front of trees: transforms in float64, a float32 cast where scikit-learn casts.
     "pipe_scaled_rf": "skl2onnx", "pipe_minmax_xgb": "onnxmltools",
     "sk_pipeline_ct_rf": "skl2onnx", "pipe_ct_xgb": "onnxmltools",
+    # LightGBM compares in float64: fed float64, with its own thresholds (tests/test_onnx_scaled.py).
+    "pipe_ct_lgbm": "onnxmltools",
 }
 
 
@@ -245,23 +247,29 @@ def test_auto_saves_unconvertible_models_without_export_and_warns(name, reason, 
     np.testing.assert_array_equal(np.asarray(pf.predict(case.X)), np.asarray(case.model.predict(case.X)))
 
 
-@pytest.mark.parametrize("name", ["pipe_ct_lgbm"])
-def test_auto_drops_an_export_that_disagrees(name, cases, tmp_path):
-    """A scaler before LightGBM: LightGBM compares float64 inputs with float64 thresholds, its
-    export float32 with float32, so scaled inputs landing next to a threshold branch differently.
-    The coverage sample maps thresholds back through the scaler, finds it, and the export goes."""
-    case = cases[name]
+def _linear_tree_lgbm(cases):
+    """LightGBM with linear leaves: onnxmltools converts it with the leaves' constants only."""
+    import lightgbm as lgb
+
+    X = cases["lgb_reg"].X
+    return lgb.LGBMRegressor(n_estimators=8, num_leaves=7, linear_tree=True, verbose=-1).fit(X, 3 * X[:, 0] + X[:, 1]), X
+
+
+def test_auto_drops_an_export_that_disagrees(cases, tmp_path):
+    """The converter writes an export that answers differently (LightGBM's linear leaves become
+    constants): the agreement check finds it, and the export goes."""
+    model, X = _linear_tree_lgbm(cases)
     with pytest.warns(OnnxExportWarning, match="does not agree with the checkpoint"):
-        sf.save_model(case.model, tmp_path / "m", input_example=case.X[:5], onnx="auto")
+        sf.save_model(model, tmp_path / "m", input_example=X[:5], onnx="auto")
     assert not (tmp_path / "m" / "model.onnx").exists()
     assert "onnx" not in read_section(tmp_path / "m")["flavors"]["safeflavor"]
 
 
-@pytest.mark.parametrize("name, reason", [("pipe_ct_lgbm", "does not agree"), ("cb_clf_cat", "numerical features only")])
+@pytest.mark.parametrize("name, reason", [("linear_tree_lgbm", "does not agree"), ("cb_clf_cat", "numerical features only")])
 def test_onnx_true_refuses_and_writes_nothing(name, reason, cases, tmp_path):
-    case = cases[name]
+    model, X = _linear_tree_lgbm(cases) if name == "linear_tree_lgbm" else (cases[name].model, cases[name].X)
     with pytest.raises(UnsupportedModelError, match=reason) as err:
-        sf.save_model(case.model, tmp_path / "m", input_example=case.X[:5], onnx=True)
+        sf.save_model(model, tmp_path / "m", input_example=X[:5], onnx=True)
     assert "Nothing was written" in err.value.message
     assert list(tmp_path.iterdir()) == []
 

@@ -196,6 +196,12 @@ def convert(model: Any, codec: str, spec: dict[str, Any]) -> Conversion:
                                      target_opset=dict(TARGET_OPSET), options=options)
         except Exception:  # noqa: BLE001 - a step without a double converter: float32 below
             proto = None
+        final = _final_step(model)
+        if proto is not None and type(final).__module__.startswith("lightgbm"):
+            # LightGBM compares in float64: its trees take the double input and exact thresholds.
+            from mlflow_safeflavor.export.lgbm_double import exact_thresholds
+
+            proto = exact_thresholds(proto, final.booster_)
     try:
         if proto is None:
             proto = skl2onnx.to_onnx(model, initial_types=_initial_types(spec), target_opset=dict(TARGET_OPSET),
@@ -216,9 +222,18 @@ def convert(model: Any, codec: str, spec: dict[str, Any]) -> Conversion:
     return Conversion(proto, converter, versions, spec, methods)
 
 
-# LightGBM is absent: it compares float64 inputs with float64 thresholds, which a float32 cast
-# cannot reproduce (its ONNX converter writes float32 thresholds).
-_TREE_MODULES = ("sklearn.ensemble", "sklearn.tree", "xgboost")
+# LightGBM compares float64 inputs with float64 thresholds, which a float32 cast cannot reproduce:
+# its cast marks where convert() rewrites the trees to double (export/lgbm_double.py).
+_TREE_MODULES = ("sklearn.ensemble", "sklearn.tree", "xgboost", "lightgbm")
+
+
+def _final_step(model: Any) -> Any:
+    """The last estimator of a pipeline, through nested pipelines; the model itself otherwise."""
+    from sklearn.pipeline import Pipeline
+
+    while isinstance(model, Pipeline):
+        model = model.steps[-1][1]
+    return model
 
 
 def _with_cast(model: Any) -> Any:
@@ -229,7 +244,9 @@ def _with_cast(model: Any) -> Any:
     landing near a split threshold take the other branch. Converted with double inputs and this
     cast, the export computes exactly where scikit-learn does: the transforms in float64, the
     trees on float32. The cast changes no prediction of the model itself (the trees cast anyway);
-    it exists only in the copy that is converted.
+    it exists only in the copy that is converted. LightGBM does not cast: for it the cast only
+    marks the trees' input, which :func:`~mlflow_safeflavor.export.lgbm_double.exact_thresholds`
+    then feeds in float64 (and drops the cast).
     """
     from sklearn.pipeline import Pipeline
 

@@ -1,0 +1,161 @@
+"""LightGBM trees in double precision: its exact float64 thresholds in the converted graph.
+
+LightGBM compares a float64 feature value with a float64 threshold (``fval <= threshold``, no
+cast). onnxmltools' converter writes each threshold as a float32 attribute (``nodes_values``)
+and the export then compares in float32, so a value between a threshold ``t`` and
+``float32(t)`` takes the other branch. Behind a scaler such values are common: the scaled
+training values the thresholds sit between are float64 numbers, not float32 ones.
+
+ai.onnx.ml's TreeEnsembleClassifier/Regressor (opset 3) also take a double input and a
+``nodes_values_as_tensor`` attribute of type double, and onnxruntime then compares in double.
+:func:`exact_thresholds` rewrites the tree node made by onnxmltools accordingly: it feeds it the
+float64 transformed input (dropping the float32 cast in front of it) and replaces every split's
+float32 threshold with LightGBM's own float64 one, and the leaf weights with the booster's float64
+leaf values.
+
+Which LightGBM split an ONNX node stands for is not guessed from numbering or from matching
+thresholds: the two trees are walked together from their roots (true branch = LightGBM's left
+child), and every node must agree on kind, feature, and ``float32(threshold)`` with what the
+converter wrote; every split node and leaf of the graph must be reached. Any difference raises
+:class:`~mlflow_safeflavor.export.convert.NotConvertible` (the model is saved without the export).
+The agreement check still decides whether the result is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def exact_thresholds(proto: Any, booster: Any) -> Any:
+    """Make the LightGBM tree node of ``proto`` compare in float64 with ``booster``'s thresholds.
+
+    ``proto`` is the graph skl2onnx/onnxmltools made of a pipeline converted with double inputs and
+    a float32 ``Cast`` in front of the LightGBM step (see ``convert._with_cast``); ``booster`` is
+    that step's ``lightgbm.Booster``. The Cast is removed (when nothing else reads it), the tree
+    node reads its double input, and its thresholds and leaf weights become double tensors holding
+    the booster's exact values. Returns ``proto`` (modified in place); raises NotConvertible when
+    the graph is not the expected one or its trees cannot be matched to the booster's split by
+    split.
+    """
+    from onnx import helper, numpy_helper
+
+    from mlflow_safeflavor.export.convert import NotConvertible
+
+    graph = proto.graph
+    trees = [n for n in graph.node if n.op_type in _TREE_OPS and n.domain == "ai.onnx.ml"]
+    if len(trees) != 1:
+        raise NotConvertible(f"expected one LightGBM tree node in the converted graph, found {len(trees)}")
+    node = trees[0]
+    producer = next((n for n in graph.node if node.input[0] in n.output), None)
+    to = next((helper.get_attribute_value(a) for a in producer.attribute if a.name == "to"), None) if producer else None
+    if producer is None or producer.op_type != "Cast" or to != _FLOAT:
+        raise NotConvertible("the LightGBM tree node is not fed by the float32 cast it was converted behind")
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    weights_key = "class_weights" if node.op_type == "TreeEnsembleClassifier" else "target_weights"
+    thresholds, weights = _match(attrs, weights_key, booster.dump_model(), booster.num_trees())
+
+    node.input[0] = producer.input[0]
+    if not any(producer.output[0] in n.input for n in graph.node) and producer.output[0] not in {o.name for o in graph.output}:
+        graph.node.remove(producer)
+    kept = [a for a in node.attribute if a.name not in ("nodes_values", weights_key)]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.attribute.append(helper.make_attribute("nodes_values_as_tensor", numpy_helper.from_array(thresholds)))
+    node.attribute.append(helper.make_attribute(f"{weights_key}_as_tensor", numpy_helper.from_array(weights)))
+    return proto
+
+
+def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any], n_trees: int) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 threshold of every ONNX node and weight of every ONNX leaf entry, from ``dump``.
+
+    Walks each tree of the graph and of the booster's ``dump_model()`` together from the root and
+    raises NotConvertible at the first node that differs in kind, feature or float32 threshold,
+    or when a node of the graph is reached twice with different values or never.
+    """
+    from mlflow_safeflavor.export.convert import NotConvertible
+
+    tree_ids = list(attrs["nodes_treeids"])
+    node_ids = list(attrs["nodes_nodeids"])
+    modes = [m.decode() if isinstance(m, bytes) else str(m) for m in attrs["nodes_modes"]]
+    features = list(attrs["nodes_featureids"])
+    values = np.asarray(attrs["nodes_values"], dtype=np.float32)
+    true_ids, false_ids = list(attrs["nodes_truenodeids"]), list(attrs["nodes_falsenodeids"])
+    prefix = weights_key.split("_", 1)[0]
+    leaf_trees, leaf_nodes = list(attrs[f"{prefix}_treeids"]), list(attrs[f"{prefix}_nodeids"])
+    leaf_weights = np.asarray(attrs[weights_key], dtype=np.float32)
+    if len({len(tree_ids), len(node_ids), len(modes), len(features), len(values), len(true_ids), len(false_ids)}) != 1:
+        raise NotConvertible("the LightGBM tree node's node attributes differ in length")
+    if len(leaf_trees) != len(leaf_nodes) or len(leaf_nodes) != len(leaf_weights):
+        raise NotConvertible("the LightGBM tree node's leaf attributes differ in length")
+
+    index: dict[tuple[int, int], int] = {}
+    for i, key in enumerate(zip(tree_ids, node_ids)):
+        if key in index:
+            raise NotConvertible(f"tree {key[0]} of the export has node {key[1]} twice")
+        index[key] = i
+    leaf_index: dict[tuple[int, int], list[int]] = {}
+    for j, key in enumerate(zip(leaf_trees, leaf_nodes)):
+        leaf_index.setdefault(key, []).append(j)
+
+    infos = dump.get("tree_info") or []
+    if len(infos) != n_trees or (tree_ids and max(tree_ids) >= len(infos)):
+        raise NotConvertible(f"the export has trees the booster's {len(infos)} do not match")
+    exact = np.full(len(values), np.nan)
+    exact[[i for i, m in enumerate(modes) if m == "LEAF"]] = 0.0  # never read; the tensor needs a value
+    exact_weights = np.full(len(leaf_weights), np.nan)
+
+    def fail(tree: int, nid: int, why: str) -> NotConvertible:
+        return NotConvertible(f"LightGBM tree {tree} does not match its export at node {nid} ({why}); "
+                              "its float64 thresholds cannot be carried over")
+
+    def visit(tree: int, nid: int, split: dict[str, Any]) -> None:
+        # Iterative: LightGBM trees can be deeper than Python's recursion limit allows.
+        stack = [(nid, split)]
+        while stack:
+            nid, split = stack.pop()
+            i = index.get((tree, nid))
+            if i is None:
+                raise fail(tree, nid, "no such node")
+            if "split_feature" not in split:
+                if modes[i] != "LEAF":
+                    raise fail(tree, nid, "a split where LightGBM has a leaf")
+                slots = leaf_index.get((tree, nid), [])
+                value = float(split["leaf_value"])
+                if len(slots) != 1 or leaf_weights[slots[0]] != np.float32(value):
+                    raise fail(tree, nid, "leaf value")
+                exact_weights[slots[0]] = value
+                continue
+            if split.get("decision_type") != "<=" or modes[i] != "BRANCH_LEQ":
+                raise fail(tree, nid, f"split {split.get('decision_type')!r} exported as {modes[i]}")
+            threshold = split["threshold"]
+            if isinstance(threshold, str) or features[i] != split["split_feature"] or values[i] != np.float32(threshold):
+                raise fail(tree, nid, "feature or threshold")
+            if not np.isnan(exact[i]) and exact[i] != threshold:
+                raise fail(tree, nid, "reached twice with different thresholds")
+            exact[i] = float(threshold)
+            stack.append((true_ids[i], split["left_child"]))
+            stack.append((false_ids[i], split["right_child"]))
+
+    for tree, info in enumerate(infos):
+        roots = [node_ids[i] for i in range(len(node_ids)) if tree_ids[i] == tree]
+        if not roots:
+            raise fail(tree, -1, "missing from the export")
+        children = {c for i in range(len(node_ids)) if tree_ids[i] == tree and modes[i] != "LEAF"
+                    for c in (true_ids[i], false_ids[i])}
+        top = [r for r in roots if r not in children]
+        if len(top) != 1:
+            raise fail(tree, -1, f"{len(top)} roots")
+        visit(tree, top[0], info["tree_structure"])
+    if np.isnan(exact).any():
+        missed = int(np.flatnonzero(np.isnan(exact))[0])
+        raise fail(tree_ids[missed], node_ids[missed], "a split LightGBM does not have")
+    if np.isnan(exact_weights).any():
+        missed = int(np.flatnonzero(np.isnan(exact_weights))[0])
+        raise fail(leaf_trees[missed], leaf_nodes[missed], "a leaf LightGBM does not have")
+    return exact, exact_weights
