@@ -425,7 +425,7 @@ def parse_ints(
         for k in range(1, longest):
             digit = b.take(begins + k, mode="clip").astype(kind) - 48
             array = np.where(width > k, array * 10 + digit, array)
-        array = np.where(negative, -array, array).astype(np.int64)
+        array = (array * (1 - 2 * negative.view(np.int8))).astype(np.int64)  # the sign
     if first_outside(array, lo, hi) is not None:
         raise Refused(f"a tree's {what} has a value outside [{lo}, {hi}]")
     return [array[i * total : (i + 1) * total] for i in range(len(keys))]
