@@ -1,9 +1,9 @@
-"""LightGBM behind a scaler: its ONNX export compares in float64 with LightGBM's own thresholds.
+"""LightGBM (behind a scaler or alone): its ONNX export compares in float64 with LightGBM's own thresholds.
 
-LightGBM compares float64 inputs with float64 thresholds; onnxmltools writes float32 ones. Behind a
-scaler the export is fed float64 and its tree node gets the booster's exact thresholds
-(mlflow_safeflavor/export/lgbm_double.py), so labels are identical to the native model's,
-including on rows built to land between a threshold and its float32 rounding.
+LightGBM compares float64 inputs with float64 thresholds; onnxmltools writes float32 ones. The
+export is fed float64 (scaled in float64 where there is a scaler) and its tree node gets the
+booster's exact thresholds (mlflow_safeflavor/export/lgbm_double.py), so labels are identical to
+the native model's, including on rows built to land between a threshold and its float32 rounding.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from hostile import read_section
 
 import mlflow_safeflavor as sf
 from mlflow_safeflavor import export
-from mlflow_safeflavor.errors import UnsupportedModelError
 from mlflow_safeflavor.export import OnnxExportWarning
 from mlflow_safeflavor.export.convert import NotConvertible
 
@@ -62,6 +61,9 @@ def models():
         "standard_lgbm_reg": (make_pipeline(StandardScaler(), lgb.LGBMRegressor(n_estimators=100, **kw)).fit(X, reg), X),
         "ct_nested_lgbm_reg": (Pipeline([("ct", _ct()), ("inner", make_pipeline(MinMaxScaler(), lgb.LGBMRegressor(n_estimators=40, **kw)))])
                                .fit(df, reg), df),
+        # On its own LightGBM compares float64 inputs too: the same treatment, no transform.
+        "bare_lgbm_clf": (lgb.LGBMClassifier(n_estimators=60, **kw).fit(X, y), X),
+        "bare_lgbm_reg": (lgb.LGBMRegressor(n_estimators=60, **kw).fit(X, reg), X),
     }
 
 
@@ -115,11 +117,13 @@ def _splits(booster):
 def _band_rows(model, X, seed):
     """Raw rows whose transformed value at some split's feature lies strictly between that split's
     threshold t and float32(t), as the model's own transforms compute it: where a float32
-    comparison and LightGBM's float64 one disagree."""
+    comparison and LightGBM's float64 one disagree. For a pipeline of one scaler and LightGBM, or
+    LightGBM alone."""
+    from sklearn.preprocessing import FunctionTransformer
+
     base = _fresh(X, 1, seed)
-    scaler = model.steps[0][1]
-    if isinstance(base, pd.DataFrame):
-        return None  # the one-hot columns are not invertible; the ColumnTransformer cases use fresh rows
+    # A bare model's trees see the raw values (and inverse_transform of the identity is exact).
+    scaler = model.steps[0][1] if hasattr(model, "steps") else FunctionTransformer().fit(base)
     rows = []
     z0 = scaler.transform(base)[0]
     for feature, t in _splits(_booster(model)):
@@ -143,11 +147,15 @@ def _band_rows(model, X, seed):
 # --------------------------------------------------------------------------------------- exports
 
 
-@pytest.mark.parametrize("name", ["standard_lgbm_clf", "minmax_lgbm_clf3", "ct_lgbm_clf", "standard_lgbm_reg",
-                                  "ct_nested_lgbm_reg"])
+ALL = ["standard_lgbm_clf", "minmax_lgbm_clf3", "ct_lgbm_clf", "standard_lgbm_reg", "ct_nested_lgbm_reg",
+       "bare_lgbm_clf", "bare_lgbm_reg"]
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_scaled_lightgbm_is_exported_in_double_with_its_own_thresholds(name, models, saved):
     """Saved with onnx=True (no refusal), the record says it agreed, the graph takes float64, its
-    tree node is fed float64 (no float32 cast in front) and holds exactly the booster's thresholds."""
+    tree node is fed float64 (no float32 cast in front) and holds exactly the booster's thresholds
+    (which float32 could not hold)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -170,8 +178,7 @@ def test_scaled_lightgbm_is_exported_in_double_with_its_own_thresholds(name, mod
     assert producer is None or producer.op_type != "Cast"
 
 
-@pytest.mark.parametrize("name", ["standard_lgbm_clf", "minmax_lgbm_clf3", "ct_lgbm_clf", "standard_lgbm_reg",
-                                  "ct_nested_lgbm_reg"])
+@pytest.mark.parametrize("name", ALL)
 def test_scaled_lightgbm_export_gives_identical_labels_on_fresh_rows(name, models, saved):
     """The issue's case: labels identical to the native model on 6,000 fresh rows; probabilities
     and regression values within the agreement tolerance."""
@@ -190,7 +197,7 @@ def test_scaled_lightgbm_export_gives_identical_labels_on_fresh_rows(name, model
                                    model.predict_proba(fresh), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("name", ["standard_lgbm_clf", "minmax_lgbm_clf3", "standard_lgbm_reg"])
+@pytest.mark.parametrize("name", ["standard_lgbm_clf", "minmax_lgbm_clf3", "standard_lgbm_reg", "bare_lgbm_clf", "bare_lgbm_reg"])
 def test_rows_between_a_threshold_and_its_float32_rounding(name, models, saved):
     """Rows whose scaled value lies strictly between a threshold t and float32(t): the export
     answers as LightGBM does, and the same graph with float32-rounded thresholds (what the
@@ -246,7 +253,9 @@ def _set_attr(node, name, values):
 
 def test_the_mapping_refuses_a_graph_that_does_not_match_the_booster(models):
     """The trees are matched node by node (kind, feature, float32 threshold, leaf value), never
-    guessed: a graph whose split differs, or another model's booster, is NotConvertible."""
+    guessed: a graph whose split differs, or another model's booster, is NotConvertible (which the
+    save turns into "saved without the export"). No model we could build makes a faithful
+    converter's graph differ from its booster, so the refusal is tested on altered graphs."""
     from onnx import helper
 
     from mlflow_safeflavor.export.lgbm_double import exact_thresholds
@@ -276,30 +285,40 @@ def test_the_mapping_refuses_a_graph_that_does_not_match_the_booster(models):
         exact_thresholds(_unrewritten(model), _booster(models["minmax_lgbm_clf3"][0]))
 
 
-def test_categorical_splits_are_not_carried_over_and_the_model_is_saved_without_export(tmp_path):
-    """A LightGBM categorical split ('==') behind a scaler has no exact double form here: no export
-    (a warning under onnx="auto", an error under onnx=True), the checkpoint saved and served natively."""
+def test_categorical_splits_map_but_the_agreement_check_keeps_no_export(tmp_path):
+    """A LightGBM categorical split ("1||4") is unfolded by the converter into a chain of ==
+    nodes, which the walk follows (the double rewrite succeeds, and on integer categories the
+    export's labels are LightGBM's). But LightGBM truncates a category value to an integer and the
+    export compares it as a number, so the coverage sample's non-integer probes disagree: saved
+    without the export (a warning under onnx="auto"), the checkpoint served natively."""
     import lightgbm as lgb
+    import onnxruntime as ort
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from mlflow_safeflavor.export.lgbm_double import exact_thresholds
+
     rng = np.random.default_rng(0)
-    X = np.column_stack([rng.normal(size=(2000, 3)), rng.integers(0, 6, size=2000)])
-    y = ((X[:, 0] > 0) ^ np.isin(X[:, 3], [1, 4])).astype(int)
+    X = np.column_stack([rng.normal(size=(2000, 3)) * 40 + 7, rng.integers(0, 6, size=2000)])
+    y = ((X[:, 0] > 7) ^ np.isin(X[:, 3], [1, 4])).astype(int)
     ct = ColumnTransformer([("num", StandardScaler(), [0, 1, 2]), ("cat", "passthrough", [3])])
     model = Pipeline([("ct", ct), ("lgbm", lgb.LGBMClassifier(n_estimators=20, verbose=-1, n_jobs=1))])
     model.fit(X, y, lgbm__categorical_feature=[3])
-    assert any(n.get("decision_type") == "==" for n in _walk_dump(_booster(model)))
-    with pytest.warns(OnnxExportWarning, match=r"could not be made.*split '=='"):
+    assert any(n.get("decision_type") == "==" and "||" in str(n["threshold"]) for n in _walk_dump(_booster(model)))
+
+    proto = exact_thresholds(_unrewritten(model), _booster(model))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    fresh = np.column_stack([rng.normal(size=(6000, 3)) * 40 + 7, rng.integers(0, 8, size=6000)])
+    np.testing.assert_array_equal(session.run(None, {"input": fresh})[0], model.predict(fresh))
+
+    with pytest.warns(OnnxExportWarning, match="does not agree with the checkpoint"):
         sf.save_model(model, tmp_path / "m", input_example=X[:5], onnx="auto")
     assert not (tmp_path / "m" / "model.onnx").exists()
     assert "onnx" not in read_section(tmp_path / "m")["flavors"]["safeflavor"]
     pf = sf.load_pyfunc(str(tmp_path / "m"))
     assert pf._model_impl.onnx is None
-    np.testing.assert_array_equal(np.asarray(pf.predict(X)), model.predict(X))
-    with pytest.raises(UnsupportedModelError, match="could not be made"):
-        sf.save_model(model, tmp_path / "m2", input_example=X[:5], onnx=True)
+    np.testing.assert_array_equal(np.asarray(pf.predict(fresh)), model.predict(fresh))
 
 
 def _walk_dump(booster):

@@ -246,10 +246,14 @@ def _with_cast(model: Any) -> Any:
     trees on float32. The cast changes no prediction of the model itself (the trees cast anyway);
     it exists only in the copy that is converted. LightGBM does not cast: for it the cast only
     marks the trees' input, which :func:`~mlflow_safeflavor.export.lgbm_double.exact_thresholds`
-    then feeds in float64 (and drops the cast).
+    then feeds in float64 (and drops the cast) — so a LightGBM model on its own gets one too.
     """
+    import numpy as np
+    from skl2onnx.sklapi import CastTransformer
     from sklearn.pipeline import Pipeline
 
+    if type(model).__module__.startswith("lightgbm"):
+        return Pipeline([("safeflavor_float32", CastTransformer(dtype=np.float32)), ("model", model)])
     if not isinstance(model, Pipeline) or len(model.steps) < 2:
         return None
     name, final = model.steps[-1]
@@ -261,9 +265,6 @@ def _with_cast(model: Any) -> Any:
         return None
     if all(step in (None, "passthrough") for _, step in model.steps[:-1]):
         return None
-    import numpy as np
-    from skl2onnx.sklapi import CastTransformer
-
     return Pipeline([*model.steps[:-1], ("safeflavor_float32", CastTransformer(dtype=np.float32)), (name, final)])
 
 

@@ -16,7 +16,8 @@ leaf values.
 Which LightGBM split an ONNX node stands for is not guessed from numbering or from matching
 thresholds: the two trees are walked together from their roots (true branch = LightGBM's left
 child), and every node must agree on kind, feature, and ``float32(threshold)`` with what the
-converter wrote; every split node and leaf of the graph must be reached. Any difference raises
+converter wrote (a categorical split ``a||b||c`` is the chain of ``==`` nodes the converter
+unfolds it into); every split node and leaf of the graph must be reached. Any difference raises
 :class:`~mlflow_safeflavor.export.convert.NotConvertible` (the model is saved without the export).
 The agreement check still decides whether the result is kept.
 """
@@ -117,8 +118,12 @@ def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any], n_tree
     def visit(tree: int, nid: int, split: dict[str, Any]) -> None:
         # Iterative: LightGBM trees can be deeper than Python's recursion limit allows.
         stack = [(nid, split)]
+        seen: set[tuple[int, int]] = set()
         while stack:
             nid, split = stack.pop()
+            if (nid, id(split)) in seen:  # a subtree shared by an unfolded categorical chain
+                continue
+            seen.add((nid, id(split)))
             i = index.get((tree, nid))
             if i is None:
                 raise fail(tree, nid, "no such node")
@@ -131,16 +136,34 @@ def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any], n_tree
                     raise fail(tree, nid, "leaf value")
                 exact_weights[slots[0]] = value
                 continue
-            if split.get("decision_type") != "<=" or modes[i] != "BRANCH_LEQ":
-                raise fail(tree, nid, f"split {split.get('decision_type')!r} exported as {modes[i]}")
-            threshold = split["threshold"]
-            if isinstance(threshold, str) or features[i] != split["split_feature"] or values[i] != np.float32(threshold):
-                raise fail(tree, nid, "feature or threshold")
-            if not np.isnan(exact[i]) and exact[i] != threshold:
-                raise fail(tree, nid, "reached twice with different thresholds")
-            exact[i] = float(threshold)
-            stack.append((true_ids[i], split["left_child"]))
-            stack.append((false_ids[i], split["right_child"]))
+            decision, threshold = split.get("decision_type"), split.get("threshold")
+            if decision == "<=" and not isinstance(threshold, str):
+                mode, tests = "BRANCH_LEQ", [float(threshold)]
+            elif decision == "==":
+                # A categorical split "a||b||c": the converter unfolds it into a chain of == nodes,
+                # each true branch LightGBM's left child, each false branch the next test and the
+                # last one's LightGBM's right child.
+                try:
+                    mode, tests = "BRANCH_EQ", [float(c) for c in str(threshold).split("||")]
+                except ValueError:
+                    raise fail(tree, nid, f"categorical threshold {str(threshold)[:40]!r}") from None
+            else:
+                raise fail(tree, nid, f"split {decision!r} with threshold {str(threshold)[:40]!r}")
+            for k, value in enumerate(tests):
+                i = index.get((tree, nid))
+                if i is None:
+                    raise fail(tree, nid, "no such node")
+                if modes[i] != mode or features[i] != split["split_feature"] or values[i] != np.float32(value):
+                    raise fail(tree, nid, f"feature or threshold: {mode} on feature {split['split_feature']} at "
+                                          f"{value!r}, exported as {modes[i]} on feature {features[i]} at {float(values[i])!r}")
+                if not np.isnan(exact[i]) and exact[i] != value:
+                    raise fail(tree, nid, "reached twice with different thresholds")
+                exact[i] = value
+                stack.append((true_ids[i], split["left_child"]))
+                if k + 1 < len(tests):
+                    nid = false_ids[i]
+                else:
+                    stack.append((false_ids[i], split["right_child"]))
 
     for tree, info in enumerate(infos):
         roots = [node_ids[i] for i in range(len(node_ids)) if tree_ids[i] == tree]
