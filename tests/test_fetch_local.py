@@ -29,7 +29,7 @@ def _ours(uri: str) -> str | type:
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
     """Model-like directories with ordinary and awkward names, and links to them; cwd = tmp_path."""
-    for name in ("model", "with space", "ünïcode", "a%20b", "hash#dir", "semi;colon", "q?mark"):
+    for name in ("model", "with space", "ünïcode", "a%20b", "hash#dir", "semi;colon", "q?mark", "co:lon", "tab\tname"):
         (tmp_path / "root" / name).mkdir(parents=True)
         (tmp_path / "root" / name / "MLmodel").write_text("flavors: {}\n")
     (tmp_path / "other").mkdir()
@@ -55,6 +55,8 @@ PATHS = [
     "root/hash#dir",
     "root/semi;colon",
     "root/q?mark",
+    "root/co:lon",
+    "root/tab\tname",
     "root/link_inside",
     "root/link_outside",
     "rootlink/model",
