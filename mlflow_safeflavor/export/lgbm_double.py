@@ -165,13 +165,18 @@ def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any], n_tree
                 else:
                     stack.append((false_ids[i], split["right_child"]))
 
+    # Each tree's nodes and the ids its splits point to, in one pass (not one pass per tree).
+    members: dict[int, list[int]] = {}
+    children: dict[int, set[int]] = {}
+    for i, tree in enumerate(tree_ids):
+        members.setdefault(tree, []).append(node_ids[i])
+        if modes[i] != "LEAF":
+            children.setdefault(tree, set()).update((true_ids[i], false_ids[i]))
     for tree, info in enumerate(infos):
-        roots = [node_ids[i] for i in range(len(node_ids)) if tree_ids[i] == tree]
-        if not roots:
+        if tree not in members:
             raise fail(tree, -1, "missing from the export")
-        children = {c for i in range(len(node_ids)) if tree_ids[i] == tree and modes[i] != "LEAF"
-                    for c in (true_ids[i], false_ids[i])}
-        top = [r for r in roots if r not in children]
+        pointed = children.get(tree, set())
+        top = [r for r in members[tree] if r not in pointed]
         if len(top) != 1:
             raise fail(tree, -1, f"{len(top)} roots")
         visit(tree, top[0], info["tree_structure"])
