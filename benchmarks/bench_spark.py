@@ -44,7 +44,7 @@ Usage::
 
     python benchmarks/bench_spark.py                 # 1M rows, 3 reps (~20 min on 2 shared cores)
     python benchmarks/bench_spark.py --quick         # 200k rows
-    python benchmarks/bench_spark.py --only load --reps 5    # per-task load scenarios (~5 min)
+    python benchmarks/bench_spark.py --only load --reps 5    # per-task load scenarios (~7-9 min)
     python benchmarks/bench_spark.py --load-only     # in-process pyfunc load table, no Spark
     python benchmarks/bench_spark.py --rows 500000 --reps 5 --json out.json
 
@@ -410,8 +410,11 @@ def main() -> None:
             def cell(n: str, w: dict[str, float] = w, c: dict[str, float] = c) -> str:
                 return f"{1e3 * w[n]:.1f} ({1e3 * c[n]:.1f})"
 
+            def ratio(a: str, b: str, w: dict[str, float] = w, c: dict[str, float] = c) -> str:
+                return f"{w[a] / w[b]:.2f}× ({c[a] / c[b]:.2f}×)"
+
             print(f"| {row['model']} | {cell('pickle.load')} | {cell('builtin')} | {cell('ours')} | "
-                  f"{w['builtin'] / w['ours']:.2f}× | {w['ours'] / w['pickle.load']:.2f}× |")
+                  f"{ratio('builtin', 'ours')} | {ratio('ours', 'pickle.load')} |")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "rows": rows, "partitions": args.partitions, "tree_rows": args.tree_rows,
