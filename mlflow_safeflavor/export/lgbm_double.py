@@ -59,7 +59,12 @@ def exact_thresholds(proto: Any, booster: Any) -> Any:
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     weights_key = "class_weights" if node.op_type == "TreeEnsembleClassifier" else "target_weights"
-    thresholds, weights = _match(attrs, weights_key, booster.dump_model(), booster.num_trees())
+    try:
+        # dump_model() dumps what onnxmltools converted: up to best_iteration when there is one.
+        thresholds, weights = _match(attrs, weights_key, booster.dump_model())
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # a dump or graph not shaped as expected
+        raise NotConvertible(f"the LightGBM trees could not be matched to their export ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})") from None
 
     node.input[0] = producer.input[0]
     if not any(producer.output[0] in n.input for n in graph.node) and producer.output[0] not in {o.name for o in graph.output}:
@@ -72,7 +77,7 @@ def exact_thresholds(proto: Any, booster: Any) -> Any:
     return proto
 
 
-def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any], n_trees: int) -> tuple[np.ndarray, np.ndarray]:
+def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The float64 threshold of every ONNX node and weight of every ONNX leaf entry, from ``dump``.
 
     Walks each tree of the graph and of the booster's ``dump_model()`` together from the root and
@@ -105,8 +110,8 @@ def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any], n_tree
         leaf_index.setdefault(key, []).append(j)
 
     infos = dump.get("tree_info") or []
-    if len(infos) != n_trees or (tree_ids and max(tree_ids) >= len(infos)):
-        raise NotConvertible(f"the export has trees the booster's {len(infos)} do not match")
+    if set(tree_ids) != set(range(len(infos))):
+        raise NotConvertible(f"the export's {len(set(tree_ids))} trees do not match the booster's {len(infos)}")
     exact = np.full(len(values), np.nan)
     exact[[i for i, m in enumerate(modes) if m == "LEAF"]] = 0.0  # never read; the tensor needs a value
     exact_weights = np.full(len(leaf_weights), np.nan)
