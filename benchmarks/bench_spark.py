@@ -129,6 +129,10 @@ class TreeModel:
 LOAD_PREFIX = "load · "
 
 
+def _tree_scenario_name(t: TreeModel) -> str:
+    return f"{LOAD_PREFIX}{t.label} · predict (long)"
+
+
 def _save_models(root: Path) -> tuple[dict[str, str], list[TreeModel]]:
     """Train and save every model both ways; return the throughput models' paths and the tree models."""
     import lightgbm as lgb
@@ -216,7 +220,7 @@ def _scenarios(spark: Any, paths: dict[str, str], trees: list[TreeModel]) -> lis
             Contender("safe/ours", ours(paths["gbm_safe"], "string")),
         ]),
     ] + [
-        Scenario(f"{LOAD_PREFIX}{t.label} · predict (long)", t.cols, [
+        Scenario(_tree_scenario_name(t), t.cols, [
             Contender("builtin", mlflow_udf(t.builtin, "long")),
             Contender("safe/mlflow", mlflow_udf(t.safe, "long")),
             Contender("safe/ours", ours(t.safe, "long")),
@@ -337,7 +341,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--tree-rows", type=int, default=64_000, help="rows of the per-task load scenarios")
     ap.add_argument("--tree-partitions", type=int, default=32, help="tasks per evaluation in the per-task load scenarios")
-    ap.add_argument("--load-reps", type=int, default=20, help="rounds of the in-process load table")
+    ap.add_argument("--load-reps", type=int, default=20, help="rounds of the in-process load table (0: skip it)")
     ap.add_argument("--load-only", action="store_true", help="only the in-process load table (no Spark)")
     ap.add_argument("--quick", action="store_true", help="200,000 rows")
     ap.add_argument("--only", help="run only scenarios whose name contains this text ('load' for the per-task load ones)")
@@ -362,7 +366,7 @@ def main() -> None:
     try:
         paths, trees = _save_models(root)
         # Before Spark starts, so no JVM shares the cores with these loads.
-        load_rows = _load_table([t for t in trees if wanted(_tree_scenario_name(t))], root, args.load_reps)
+        load_rows = _load_table([t for t in trees if wanted(_tree_scenario_name(t))], root, args.load_reps) if args.load_reps > 0 else []
         if not args.load_only:
             results = _spark(args, rows, paths, trees, wanted, log)
     finally:
@@ -392,11 +396,14 @@ def main() -> None:
               "| in-process pyfunc load, CPU (ms) |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for r in tree_results:
-            extra = r.get("extra_cpu_per_task_s")
-            inproc = by_key.get(r["key"], {}).get("cpu_s", {}).get({"builtin": "builtin", "safe/mlflow": "ours"}.get(r["contender"], ""))
+            extra = r["extra_cpu_per_task_s"]
+            if r["contender"] == "safe/ours":
+                inproc = "once per worker"
+            else:  # the in-process load of the same model with the same flavor, if it was measured
+                cpu = by_key.get(r["key"], {}).get("cpu_s", {}).get("builtin" if r["contender"] == "builtin" else "ours")
+                inproc = "n/a" if cpu is None else f"{1e3 * cpu:.1f}"
             print(f"| {r['scenario']} | {r['contender']} | {r['median_s']:.2f} | {r['cpu_s']:.2f} | "
-                  f"{1e3 * r['cpu_s'] / r['tasks']:.1f} | {'—' if extra is None else f'{1e3 * extra:.1f}'} | "
-                  f"{'once per worker' if inproc is None else f'{1e3 * inproc:.1f}'} |")
+                  f"{1e3 * r['cpu_s'] / r['tasks']:.1f} | {'—' if extra is None else f'{1e3 * extra:.1f}'} | {inproc} |")
     if load_rows:
         print()
         print(f"In-process load (median of {args.load_reps} interleaved rounds; ms wall, CPU in parentheses):")
@@ -421,10 +428,6 @@ def main() -> None:
             "tree_partitions": args.tree_partitions, "loadavg_start": load_start, "loadavg_end": load_end,
             "results": results, "load_table": load_rows,
         }, indent=2))
-
-
-def _tree_scenario_name(t: TreeModel) -> str:
-    return f"{LOAD_PREFIX}{t.label} · predict (long)"
 
 
 def _spark(args: argparse.Namespace, rows: int, paths: dict[str, str], trees: list[TreeModel],
