@@ -118,6 +118,18 @@ def _assert_agrees(expected, got, method):
 # ----------------------------------------------------------------------------- agreement, per library
 
 
+@pytest.mark.parametrize("name", ["sk_rf_clf", "xgb_clf", "lgb_clf", "cb_reg", "cb_clf"])
+def test_export_without_an_input_example(name, cases, extra_cases, tmp_path):
+    """onnx=True with nothing else: the input width comes from the model (a CatBoost model loaded
+    from its file reports n_features_in_ == 0, which once made this save fail)."""
+    model, X = _case(name, cases, extra_cases)
+    sf.save_model(model, tmp_path / "m", onnx=True)
+    rec = read_section(tmp_path / "m")["flavors"]["safeflavor"]["onnx"]
+    assert rec["agreed"] is True and rec["inputs"]["width"] == np.asarray(X).shape[1]
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    _assert_agrees(model.predict(X), loaded.predict(np.asarray(X), params={"backend": "onnx"}), "predict")
+
+
 @pytest.mark.parametrize("name", list(EXPORTED))
 def test_export_agrees_is_recorded_and_serves(name, cases, extra_cases, exported):
     model, X = _case(name, cases, extra_cases)

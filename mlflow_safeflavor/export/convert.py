@@ -96,7 +96,8 @@ def input_spec(model: Any, example: Any) -> dict[str, Any]:
         if arr.ndim != 2 or arr.dtype.kind not in "fiub":
             raise NotConvertible(f"the input example is not a 2-D numeric array (shape {arr.shape}, dtype {arr.dtype})")
         return {"kind": "matrix", "columns": None, "types": None, "width": int(arr.shape[1])}
-    width = getattr(model, "n_features_in_", None)
+    # A CatBoost model loaded from its file reports n_features_in_ == 0: unknown, not zero.
+    width = getattr(model, "n_features_in_", None) or None
     names = _feature_names(model)
     if width is None and names is not None:
         width = len(names)
