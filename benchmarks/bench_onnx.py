@@ -174,8 +174,12 @@ def run_one(b: Bench, root: Path, cfg: argparse.Namespace) -> dict[str, Any]:
     first_save = time.perf_counter() - t0
     # The case as written: onnx=True and otherwise default arguments, so no signature and
     # no schema enforcement by MLflow on each call.
-    plain_onnx = root / f"{b.key}-ours-onnx-only"
-    sf.save_model(b.model, plain_onnx, onnx=True)
+    # A pipeline that selects columns by name needs the example (its column types); n/a then.
+    plain_onnx: Path | None = root / f"{b.key}-ours-onnx-only"
+    try:
+        sf.save_model(b.model, plain_onnx, onnx=True)
+    except sf.UnsupportedModelError:
+        plain_onnx = None
     counter = iter(range(10**6))
     saves = interleaved({
         "default": lambda: sf.save_model(b.model, root / f"{b.key}-default-{next(counter)}", input_example=example),
@@ -205,7 +209,7 @@ def run_one(b: Bench, root: Path, cfg: argparse.Namespace) -> dict[str, Any]:
     res["load"] = {k: statistics.median(v) for k, v in loads.items()}
 
     pf = sf.load_pyfunc(str(ours))
-    pf_plain = mlflow.pyfunc.load_model(str(plain_onnx))
+    pf_plain = mlflow.pyfunc.load_model(str(plain_onnx)) if plain_onnx is not None else None
     pb = mlflow.pyfunc.load_model(str(builtin_dir))
     impl, bimpl = pf._model_impl, pb._model_impl
     big = _data(20_000, 1)[0][list(b.X.columns)]
@@ -236,14 +240,17 @@ def run_one(b: Bench, root: Path, cfg: argparse.Namespace) -> dict[str, Any]:
     t = interleaved({"onnx": lambda: impl.predict(X1, params={"backend": "onnx"}), "auto": lambda: impl.predict(X1)},
                     cfg.reps1, cfg.budget)
     res["target1"] = {k: statistics.median(v) for k, v in t.items()}
-    t = interleaved({
+    contenders = {
         "native": lambda: pf.predict(X1, params={"backend": "native"}),
         "onnx": lambda: pf.predict(X1, params={"backend": "onnx"}),
         "auto": lambda: pf.predict(X1),
         "auto_nosig": lambda: pf_plain.predict(X1),
         "builtin": lambda: pb.predict(X1),
         "library": lambda: b.model.predict(X1),
-    }, cfg.reps1, cfg.budget)
+    }
+    if pf_plain is None:
+        del contenders["auto_nosig"]
+    t = interleaved(contenders, cfg.reps1, cfg.budget)
     res["pyfunc1"] = {k: (pct(v, 0.5), pct(v, 0.99), len(v)) for k, v in t.items()}
     res["dirs"] = {"ours": str(ours), "builtin": str(builtin_dir)}
     return res
@@ -339,6 +346,13 @@ def ratio(a: float, b: float) -> str:
     return f"{r:.0f}×" if r >= 10 else f"{r:.1f}×"
 
 
+def nosig(r: dict[str, Any]) -> str:
+    t = r["pyfunc1"]
+    if "auto_nosig" not in t:
+        return "n/a (selects columns by name: needs an input_example)"
+    return ratio(t["auto_nosig"][0], t["library"][0])
+
+
 def report(results: list[dict[str, Any]], serving: dict[str, dict]) -> str:
     lines = []
     w = lines.append
@@ -353,7 +367,7 @@ def report(results: list[dict[str, Any]], serving: dict[str, dict]) -> str:
         ok = sv["bare"] <= 1.5 * sv["raw"] + 0.05
         w(f"| {r['key']} | {ms(sv['bare'])} | {ms(sv['raw'])} | {'met' if ok else '**missed**'} | {ms(sv['default'])} | "
           f"{r['target10k']['auto'] / r['target10k']['native']:.2f} | {r['target1']['auto'] / r['target1']['onnx']:.2f} | {r['crossover']} | "
-          f"{'yes' if r['labels_identical_20k'] else '**NO**'} | {ratio(r['pyfunc1']['auto_nosig'][0], r['pyfunc1']['library'][0])} | "
+          f"{'yes' if r['labels_identical_20k'] else '**NO**'} | {nosig(r)} | "
           f"{ratio(r['pyfunc1']['auto'][0], r['pyfunc1']['library'][0])} |")
     w("\n### Predict latency through the pyfunc implementation (ms, p50 / p99)\n")
     w("| model | rows | native (ours) | ONNX (ours) | auto (ours) | built-in flavor | auto vs built-in | auto vs native |")
@@ -368,7 +382,8 @@ def report(results: list[dict[str, Any]], serving: dict[str, dict]) -> str:
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         t = r["pyfunc1"]
-        cells = " | ".join(f"{ms(t[k][0])} / {ms(t[k][1])}" for k in ("native", "onnx", "auto", "auto_nosig", "builtin", "library"))
+        cells = " | ".join(f"{ms(t[k][0])} / {ms(t[k][1])}" if k in t else "n/a"
+                           for k in ("native", "onnx", "auto", "auto_nosig", "builtin", "library"))
         w(f"| {r['key']} | {cells} | {ratio(t['auto'][0], t['builtin'][0])} |")
     w("\n### Load and save (median ms)\n")
     w("| model | load native | load ONNX | load built-in | save, defaults + input_example | save, library | save, onnx=True | "
