@@ -329,3 +329,33 @@ def test_hostile_tree_file_is_refused_in_a_worker(attack, cases, worker, tmp_pat
     assert attack.message in reply["message"], reply["message"]
     assert str(path) in reply["message"], reply["message"]
     assert not marker.exists()
+
+
+STRUCTURAL = [a for a in ATTACKS if a.case == "sk_rf_clf" and a.message in (
+    "pointing backwards", "past the end", "exactly one child", "feature index out of range", "NaN")]
+
+
+def _checked_message(path: Path) -> str | None:
+    from mlflow_safeflavor.codecs import columnar_load
+
+    try:
+        columnar_load.read((path / TREES).read_bytes(), path=str(path))
+    except sf.MalformedArtifactError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("attack", [None, *STRUCTURAL], ids=["untouched", *[a.name for a in STRUCTURAL]])
+def test_record_words_fast_path_and_field_copies_decide_alike(attack, cases, tmp_path, monkeypatch):
+    """check_trees reads scikit-learn's layout as 8-byte words; any other layout by field name."""
+    assert len(STRUCTURAL) >= 7
+    path = tmp_path / "model"
+    sf.save_model(cases["sk_rf_clf"].model, path)
+    if attack is not None:
+        attack.apply(path)
+    fast = _checked_message(path)
+    monkeypatch.setattr(v, "_leading_words", lambda a: None)
+    assert _checked_message(path) == fast
+    assert (fast is None) == (attack is None)
+    if attack is not None:
+        assert attack.message in fast

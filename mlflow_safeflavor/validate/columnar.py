@@ -287,24 +287,43 @@ def check_trees(a: Mapping[str, np.ndarray], *, path: str) -> tuple[np.ndarray, 
     # The node fields are strided views into the records: checked a group of trees at a time so
     # that each group's records stay in cache across the passes over their fields.
     offs = a["tree.node_offsets"]
+    words = _leading_words(a)
     for t0, t1 in _groups(offs):
         lo, hi = int(offs[t0]), int(offs[t1])
         # Contiguous copies: each later pass over a strided view of the 64-byte records costs
-        # about ten passes over a plain array.
-        left = np.ascontiguousarray(a["node.left_child"][lo:hi])
-        right = np.ascontiguousarray(a["node.right_child"][lo:hi])
+        # about ten passes over a plain array. With scikit-learn's own layout the four fields
+        # are the first four 8-byte words of a record and come out in one transposing copy.
+        if words is not None:
+            block = words[lo:hi, :4].T.copy()
+            left, right, feature, threshold = block[0], block[1], block[2], block[3].view(np.float64)
+        else:
+            left = np.ascontiguousarray(a["node.left_child"][lo:hi])
+            right = np.ascontiguousarray(a["node.right_child"][lo:hi])
+            feature = np.ascontiguousarray(a["node.feature"][lo:hi])
+            threshold = a["node.threshold"][lo:hi]
         leaf = left == -1
         if not np.array_equal(leaf, right == -1):
             raise fail(path, "has a node with exactly one child")
         # scikit-learn appends children after their parent: forward edges within the tree also
         # prove there is no cycle.
-        _check_structure((left, right), leaf, np.ascontiguousarray(a["node.feature"][lo:hi]), n_features[t0:t1], counts[t0:t1],
+        _check_structure((left, right), leaf, feature, n_features[t0:t1], counts[t0:t1],
                          offs[t0:t1] - lo, what="", path=path)
         # +inf is a real threshold (the split that sends only missing values right); NaN is not.
-        nan = np.isnan(a["node.threshold"][lo:hi])
+        nan = np.isnan(threshold)
         if nan.any() and np.any(nan & ~leaf):
             raise fail(path, "has a NaN split threshold")
     return value_offsets, class_offsets
+
+
+def _leading_words(a: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The node records as rows of little-endian 8-byte words when left_child, right_child,
+    feature and threshold are words 0-3 (scikit-learn's layout), else None."""
+    view, records = a["node.view"], a["node.records"]
+    fields = view.dtype.fields
+    standard = all(fields[name][1] == 8 * i for i, name in enumerate(("left_child", "right_child", "feature", "threshold")))
+    if not standard or records.shape[1] % 8 or records.shape[1] < 32 or not records.flags.c_contiguous:
+        return None
+    return records.reshape(-1).view("<i8").reshape(len(records), -1)
 
 
 def _groups(node_offsets: np.ndarray, size: int = 1 << 15) -> list[tuple[int, int]]:
