@@ -16,12 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow_safeflavor.export._errors import NotConvertible  # noqa: F401 - re-exported
+
 TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
 UNSEEN = "__safeflavor_unseen__"
-
-
-class NotConvertible(Exception):
-    """The model (or its input) has no faithful ONNX form; the message says why."""
 
 
 @dataclass

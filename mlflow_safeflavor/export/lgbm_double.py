@@ -45,7 +45,7 @@ def exact_thresholds(proto: Any, booster: Any) -> Any:
     """
     from onnx import helper, numpy_helper
 
-    from mlflow_safeflavor.export.convert import NotConvertible
+    from mlflow_safeflavor.export._errors import NotConvertible
 
     graph = proto.graph
     trees = [n for n in graph.node if n.op_type in _TREE_OPS and n.domain == "ai.onnx.ml"]
@@ -84,7 +84,7 @@ def _match(attrs: dict[str, Any], weights_key: str, dump: dict[str, Any]) -> tup
     raises NotConvertible at the first node that differs in kind, feature or float32 threshold,
     or when a node of the graph is reached twice with different values or never.
     """
-    from mlflow_safeflavor.export.convert import NotConvertible
+    from mlflow_safeflavor.export._errors import NotConvertible
 
     tree_ids = list(attrs["nodes_treeids"])
     node_ids = list(attrs["nodes_nodeids"])
