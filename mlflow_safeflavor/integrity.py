@@ -68,13 +68,19 @@ def parts_digest(data: bytes | memoryview) -> str:
 
     k = min(_hash_threads(), len(starts))
     bounds = [len(starts) * j // max(k, 1) for j in range(k + 1)]
-    threads = [threading.Thread(target=work, args=(bounds[j], bounds[j + 1]), daemon=True) for j in range(1, k)]
-    for t in threads:
-        t.start()
+    started = []
+    for j in range(1, k):
+        thread = threading.Thread(target=work, args=(bounds[j], bounds[j + 1]), daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (a process or memory limit): hash it here
+            work(bounds[j], bounds[j + 1])
+            continue
+        started.append(thread)
     if k:
         work(bounds[0], bounds[1])
-    for t in threads:
-        t.join()
+    for thread in started:
+        thread.join()
     outer = hashlib.sha256(_PARTS_TAG + n.to_bytes(8, "little"))
     outer.update(b"".join(hashes))
     return PARTS_PREFIX + outer.hexdigest()

@@ -39,6 +39,20 @@ def test_parts_digest_is_the_documented_definition_on_any_number_of_threads(size
     assert integrity.parts_digest(data) == _sequential(data)
 
 
+def test_parts_digest_without_threads_to_start(monkeypatch):
+    """A process limit that refuses new threads (the smoke-test child runs under one) costs speed,
+    not the answer."""
+    import threading
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    data = np.random.default_rng(1).integers(0, 256, 5 * MIB + 3, dtype=np.uint8).tobytes()
+    monkeypatch.setattr(integrity, "_hash_threads", lambda: 4)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert integrity.parts_digest(data) == _sequential(data)
+
+
 def test_parts_digest_known_answer():
     # Saved models record this value: a change here breaks every format-3 model.
     data = bytes(range(256)) * (3 * 4096 + 17)
