@@ -640,10 +640,24 @@ def test_gate_holds_every_invariant_under_concurrent_load_and_faults(world, monk
         a, b = [v for v in world.versions.values() if v.name == names["swap"]]
         ours = lambda: {os.getpid()}  # noqa: E731
         for target, parents, expect in ((a, ours, "rejected"), (b, lambda: uvicorn_workers(world.server), "promoted")):
-            o = Op("swap", "api", "good", target.name, target.version, "champion", expect)
-            worker = threading.Thread(target=run_op, args=(world, o))
-            worker.start()
-            wait_for(lambda: smoke_child_of(parents, target.mlmodel), f"a smoke test of {target.name} v{target.version}")
+            # A fault (a killed worker, the database restart) can end the attempt before its smoke
+            # test starts; then nothing is swapped and, once the fault is over, it is tried again.
+            for _ in range(4):
+                o = Op("swap", "api", "good", target.name, target.version, "champion", expect)
+                worker = threading.Thread(target=run_op, args=(world, o))
+                worker.start()
+                seen = wait_for(lambda: smoke_child_of(parents, target.mlmodel) or not worker.is_alive(),
+                                f"a smoke test of {target.name} v{target.version}")
+                if seen is not True:
+                    break
+                worker.join()
+                if not o.faulted:
+                    world.violation(f"swap: v{target.version} ended ({o.outcome}) without a smoke test and outside any fault")
+                    return
+                world.faults.wait_quiet()
+            else:
+                world.violation(f"swap: every attempt on v{target.version} overlapped a fault")
+                return
             swap_in(world, target)
             with world.lock:
                 world.swapped.add(target.directory)
