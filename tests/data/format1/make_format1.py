@@ -61,14 +61,21 @@ def models() -> dict:
 
 
 def main() -> None:
-    import mlflow_safeflavor as sf
     from mlflow_safeflavor.record import FORMAT_VERSION
 
     if FORMAT_VERSION != 1:
         sys.exit("this script records format-1 models; the current save path writes another format")
+    write(HERE)
+
+
+def write(here: Path) -> None:
+    """Save every model of :func:`models` under ``here`` with the installed mlflow-safeflavor, and
+    ``expected.json`` with the input rows and the predictions each gave when it was saved."""
+    import mlflow_safeflavor as sf
+
     expected = {}
     for name, (model, X, methods, kwargs) in models().items():
-        target = HERE / name
+        target = here / name
         shutil.rmtree(target, ignore_errors=True)
         example = X.iloc[:3] if isinstance(X, pd.DataFrame) else X[:3]
         sf.save_model(model, target, input_example=example if kwargs.get("onnx") else None, **kwargs)
@@ -77,7 +84,7 @@ def main() -> None:
             "X": json.loads(rows.to_json(orient="split")) if isinstance(rows, pd.DataFrame) else {"array": rows.tolist(), "dtype": str(rows.dtype)},
             "predictions": {m: np.asarray(getattr(model, m)(rows)).tolist() for m in methods},
         }
-    (HERE / "expected.json").write_text(json.dumps(expected, indent=1))
+    (here / "expected.json").write_text(json.dumps(expected, indent=1))
 
 
 if __name__ == "__main__":
