@@ -81,8 +81,13 @@ def parts_digest(data: bytes | memoryview) -> str:
         work(bounds[0], bounds[1])
     for thread in started:
         thread.join()
-    outer = hashlib.sha256(_PARTS_TAG + n.to_bytes(8, "little"))
-    outer.update(b"".join(hashes))
+    return _combine(n, hashes)
+
+
+def _combine(size: int, part_hashes: list[bytes]) -> str:
+    """The ``sha256parts:`` digest from the file's length and its parts' SHA-256, in order."""
+    outer = hashlib.sha256(_PARTS_TAG + size.to_bytes(8, "little"))
+    outer.update(b"".join(part_hashes))
     return PARTS_PREFIX + outer.hexdigest()
 
 
@@ -124,9 +129,7 @@ class PartsWriter:
     def digest(self) -> str:
         """``sha256parts:<hex>`` of everything written so far."""
         parts = self._parts + ([self._part.digest()] if self._filled else [])
-        outer = hashlib.sha256(_PARTS_TAG + self.size.to_bytes(8, "little"))
-        outer.update(b"".join(parts))
-        return PARTS_PREFIX + outer.hexdigest()
+        return _combine(self.size, parts)
 
 
 def file_digest(data: bytes) -> str:

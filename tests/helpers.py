@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -82,3 +84,29 @@ def write_ec_keypair(directory: Path, stem: str, curve: Any = None) -> tuple[Pat
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
     return priv, pub
+
+
+def _no_core_dumps() -> None:  # pragma: no cover - runs in the child
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def run_raw(script: str, args: list[str], *, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``python -c script *args`` in a child without core dumps: a raw library may die in it."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_no_core_dumps if sys.platform != "win32" else None,
+    )
+
+
+def died_at(proc: subprocess.CompletedProcess) -> int | None:
+    """None when a crash-check child got through ('done', exit 0); else the last item index it printed (-1: none)."""
+    lines = proc.stdout.split()
+    if proc.returncode == 0 and "done" in lines:
+        return None
+    last = [x for x in lines if x.isdigit()]
+    return int(last[-1]) if last else -1

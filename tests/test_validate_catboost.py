@@ -14,12 +14,12 @@ from __future__ import annotations
 import random
 import struct
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import died_at, run_raw
 from hostile import replace_payload
 
 import mlflow_safeflavor as sf
@@ -135,23 +135,12 @@ RAW_LOAD = textwrap.dedent(
 )
 
 
-def _no_core_dumps():  # pragma: no cover - runs in the child
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
 
 def raw_catboost(tmp_path, data: bytes, timeout: float = 120) -> subprocess.CompletedProcess:
     """Load and predict with plain CatBoost in a child process (no validation)."""
     model = tmp_path / "raw.cbm"
     model.write_bytes(data)
-    return subprocess.run(
-        [sys.executable, "-c", RAW_LOAD, str(model)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=_no_core_dumps if sys.platform != "win32" else None,
-    )
+    return run_raw(RAW_LOAD, [str(model)], timeout=timeout)
 
 
 def _bytes(model) -> bytes:
@@ -812,17 +801,9 @@ def test_random_mutations_refused_cleanly_or_load_safely(legit, tmp_path):
             path.write_bytes(data)
             passed.append(path)
     assert n_refused > 100 and passed
-    proc = subprocess.run(
-        [sys.executable, "-c", CRASH_CHECK, *map(str, passed)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=_no_core_dumps if sys.platform != "win32" else None,
-    )
-    lines = proc.stdout.split()
-    if proc.returncode != 0 or "done" not in lines:
-        last = [x for x in lines if x.isdigit()]
-        index = int(last[-1]) if last else -1
+    proc = run_raw(CRASH_CHECK, [str(p) for p in passed], timeout=600)
+    index = died_at(proc)
+    if index is not None:
         pytest.fail(f"plain CatBoost died (exit {proc.returncode}) on validated mutant {passed[index]}; "
                     f"stderr: {proc.stderr[-500:]}")
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import died_at, run_raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -103,23 +103,12 @@ RAW_LOAD = textwrap.dedent(
 )
 
 
-def _no_core_dumps():  # pragma: no cover - runs in the child
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
 
 def raw_lightgbm(tmp_path, text: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Load and predict with plain LightGBM in a child process (no validation)."""
     model = tmp_path / "model.txt"
     model.write_bytes(text.encode("utf-8"))
-    return subprocess.run(
-        [sys.executable, "-c", RAW_LOAD, str(model)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=_no_core_dumps if sys.platform != "win32" else None,
-    )
+    return run_raw(RAW_LOAD, [str(model)], timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,17 +704,9 @@ def test_random_mutations_refused_cleanly_or_load_safely(legit, tmp_path):
     assert refused_count[0] > 0
     mutants_file = tmp_path / "mutants.json"
     mutants_file.write_text(json.dumps(list(passed)), encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-c", CRASH_CHECK, str(mutants_file)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=_no_core_dumps if sys.platform != "win32" else None,
-    )
-    lines = proc.stdout.split()
-    if proc.returncode != 0 or "done" not in lines:
-        last = [x for x in lines if x.isdigit()]
-        index = int(last[-1]) if last else -1
+    proc = run_raw(CRASH_CHECK, [str(mutants_file)], timeout=600)
+    index = died_at(proc)
+    if index is not None:
         text = list(passed)[index] if index >= 0 else ""
         base = min(bases, key=lambda b: abs(len(b) - len(text)))
         diff = [(a, b) for a, b in zip(base.split("\n"), text.split("\n")) if a != b][:5]
