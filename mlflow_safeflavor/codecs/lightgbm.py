@@ -84,14 +84,15 @@ class LightGBMCodec:
         names = {n.rsplit("/", 1)[-1]: n for n in blobs}
         if MODEL_FILE not in names:
             raise MalformedArtifactError(f"{path}: model.txt is not among the recorded files.", path=path)
+        data = blobs[names[MODEL_FILE]]
         try:
-            text = blobs[names[MODEL_FILE]].decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedArtifactError(f"{path}: model.txt is not UTF-8 text.", path=path) from None
         from mlflow_safeflavor.validate import lightgbm_model
 
         # Crafted text (tree_sizes, child or feature indices) crashes LightGBM: check structure first.
-        lightgbm_model.validate(text, path=f"{path}/{names[MODEL_FILE]}")
+        lightgbm_model.validate(text, path=f"{path}/{names[MODEL_FILE]}", encoded=data)
         booster = _native(lambda: lightgbm.Booster(model_str=text), path)
         if key == "Booster":
             return booster

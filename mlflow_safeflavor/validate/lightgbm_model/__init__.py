@@ -42,12 +42,14 @@ _ADVICE = ("LightGBM does not check this and can crash the process (abort or seg
            "it; the file was crafted or corrupted — do not load it, re-save the model.")
 
 
-def validate(data: str, *, path: str) -> None:
+def validate(data: str, *, path: str, encoded: bytes | None = None) -> None:
     """Refuse ``data`` (the model text) unless it is structurally a LightGBM model LightGBM can load safely.
 
-    Raises :class:`MalformedArtifactError` (and nothing else) for any problem, whatever ``data`` is.
+    ``encoded`` may pass ``data.encode("utf-8")`` when the caller already holds those bytes (the
+    codec decoded them from the file), which saves encoding a large model again. Raises
+    :class:`MalformedArtifactError` (and nothing else) for any problem, whatever ``data`` is.
     """
-    run_checks(lambda: _check(data), lambda what: _fail(path, what), _unexpected)
+    run_checks(lambda: _check(data, encoded), lambda what: _fail(path, what), _unexpected)
 
 
 def _fail(path: str, what: str) -> MalformedArtifactError:
@@ -58,13 +60,16 @@ def _unexpected(exc: Exception) -> str:
     return f"it could not be checked ({type(exc).__name__})"
 
 
-def _check(text: Any) -> None:
+def _check(text: Any, encoded: bytes | None = None) -> None:
     if not isinstance(text, str):
         raise Refused("it is not text")
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Refused("it is not valid Unicode text") from None
+    if isinstance(encoded, bytes):
+        data = encoded
+    else:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refused("it is not valid Unicode text") from None
     if b"\x00" in data:
         raise Refused("it contains a NUL byte")
     if b"\r" in data:

@@ -57,8 +57,33 @@ def check_zero_tree_tail(tail: str) -> None:
         raise Refused(f"unexpected line after the (empty) tree section: {line[:40]!r}")
 
 
+def _alternatives(names: frozenset[str]) -> str:
+    return "|".join(sorted(names))
+
+
+# One parameters-block line as check_tail's loop accepts it: empty, 'parameters:', or a
+# '[name: value]' line whose value suits its name (a typed name with a number/list or nothing;
+# another name with anything but a quote, a backslash or a control character).
+_TYPED = f"{_alternatives(_NUMERIC_PARAMS)}|{_alternatives(_NUMERIC_LIST_PARAMS)}|{_alternatives(_NESTED_LIST_PARAMS)}"
+_GOOD_LINE = (
+    rf"(?:\[(?:{_alternatives(_NUMERIC_PARAMS)}): (?:{_JSON_NUMBER})?\]"
+    rf"|\[(?:{_alternatives(_NUMERIC_LIST_PARAMS)}): {_NUMBER_LIST_RE.pattern}\]"
+    rf"|\[(?:{_alternatives(_NESTED_LIST_PARAMS)}): {_NESTED_LIST_RE.pattern}\]"
+    rf"|\[(?!(?:{_TYPED}): )[a-z0-9_]+: [^\"\\\x00-\x1f\x7f]*\]"
+    r"|parameters:|)"
+)
+_GOOD_BLOCK = re.compile(rf"{_GOOD_LINE}(?:\n{_GOOD_LINE})*")
+
+
 def check_tail(tail: str) -> None:
     """The parameters block (LightGBM builds Booster.params JSON from it)."""
+    # The common case in one regular expression over the whole block; the loop below, which
+    # names the first bad line, decides alone whenever that does not match.
+    begin = tail.find("\nparameters:\n")
+    stop = tail.find("\nend of parameters\n")
+    if 0 <= begin and begin + 13 <= stop and not tail.startswith(("parameters:\n", "end of parameters\n")):
+        if "\nend of parameters\n" not in tail[: begin + 1] and _GOOD_BLOCK.fullmatch(tail, begin + 13, stop):
+            return
     in_params = False
     for line in tail.split("\n"):
         if not line:

@@ -232,9 +232,7 @@ def _tree_lines(
     """
     n = len(sizes)
     offsets = offsets_of(sizes)
-    for i, off in enumerate(offsets[:-1].tolist()):
-        if not region.startswith(b"Tree=%d\n" % i, off):
-            raise Refused(f"tree_sizes does not point at 'Tree={i}' (tree {i} should start at byte {off})")
+    _check_tree_heads(a, offsets[:-1])
     if a[offsets[1:] - 1].min(initial=10) != 10:
         raise Refused("a tree does not end with a line break where tree_sizes says it ends")
     if region[-2:] != b"\n\n":
@@ -267,6 +265,29 @@ def _tree_lines(
         field[lines], value_start[lines] = f, v
         outside += o
     return line_block, field, value_start, outside
+
+
+def _check_tree_heads(a: np.ndarray, starts: np.ndarray) -> None:
+    """Tree i starts with the line 'Tree=i' (i in decimal, no leading zero), for every i at once."""
+    n = starts.size
+    i = np.arange(n)
+    width = np.ones(n, dtype=np.int64)  # the digits of i
+    power = 10
+    while power < n:
+        width += i >= power
+        power *= 10
+    last = a.size - 1
+    ok = starts + 5 + width <= last  # the line, its '\n' included, lies in the section
+    for k, byte in enumerate(b"Tree="):
+        ok &= a.take(np.minimum(starts + k, last)) == byte
+    for k in range(int(width.max(initial=0))):
+        inside = k < width
+        digit = (i // 10 ** np.maximum(width - 1 - k, 0)) % 10
+        ok &= ~inside | (a.take(np.minimum(starts + 5 + k, last)) == 48 + digit)
+    ok &= a.take(np.minimum(starts + 5 + width, last)) == 10
+    if not ok.all():
+        t = int(np.argmax(~ok))
+        raise Refused(f"tree_sizes does not point at 'Tree={t}' (tree {t} should start at byte {int(starts[t])})")
 
 
 def _all_canonical(
