@@ -112,3 +112,63 @@ def test_bad_integer_refused(model, value):
 def test_bad_small_ints_refused(key, value):
     text = _small_regression()
     _refused(set_field(text, 1, key, value))
+
+
+@pytest.mark.parametrize("head", ["Tree=01", "Tree=1 ", "Tree=2", "Tree=+1", "Tree=10", "Tree=1x"])
+def test_a_tree_head_that_is_not_its_index_refused(model, head):
+    """Every 'Tree=i' head is compared at once: leading zeros, other numbers and trailing bytes fail,
+    even when tree_sizes was recomputed to fit the edited blocks."""
+    text = fix_tree_sizes(model.replace("\nTree=1\n", f"\n{head}\n", 1))
+    assert "does not point at 'Tree=1'" in _refused(text)
+
+
+def test_tree_heads_past_ten_are_read_digit_by_digit():
+    """Indices of one, two and three digits: a model of 120 trees passes, a head off by one digit does not."""
+    X = np.random.default_rng(5).normal(size=(200, 3))
+    text = lgb.train({"verbose": -1, "num_leaves": 3, "min_data_in_leaf": 5}, lgb.Dataset(X, X[:, 0]), 120).model_to_string()
+    validate(text, path="m/model.txt")
+    assert "Tree=105" in _refused(text.replace("\nTree=105\n", "\nTree=115\n"))
+
+
+# Parameters blocks the one-expression fast path must leave to the line loop (refused there), and
+# odd but legal lines it may accept or leave, as long as the verdict is the loop's.
+_PARAMS = [
+    ("[num_leaves: x]", False),
+    ("[num_leaves: 1,2]", False),
+    ("[label_gain: 1,,2]", False),
+    ("[interaction_constraints: 5]", False),
+    ("[interaction_constraints: [1],2]", False),
+    ('[boosting: gb"dt]', False),
+    ("[boosting: gb\\dt]", False),
+    ("[Num_leaves: 1]", False),
+    ("[num_leaves:1]", False),
+    ("[num_leaves: 1] ", False),
+    ("[interaction_constraints: ]", True),
+    ("[interaction_constraints: [1,2],[3]]", True),
+    ("[label_gain: 1]", True),
+    ("[label_gain: 0,1,3,7]", True),
+    ("[my_setting: 1]x]", True),
+    ("[my_setting: [1],x]", True),
+    ("[my_setting: ]", True),
+    ("[max_bin_by_feature: ]", True),
+    ("parameters:", True),
+    ("", True),
+]
+
+
+@pytest.mark.parametrize("line,legal", _PARAMS)
+def test_parameter_lines_fast_path_agrees_with_the_line_loop(model, line, legal, monkeypatch):
+    from mlflow_safeflavor.validate.lightgbm_model import _tail
+
+    tail = model[model.index("end of trees\n"):]
+    edited = tail.replace("\nparameters:\n", f"\nparameters:\n{line}\n", 1)
+    verdicts = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(_tail, "_GOOD_BLOCK", _tail.re.compile(r"(?!)"))  # never matches: the loop decides
+        try:
+            _tail.check_tail(edited)
+            verdicts.append(True)
+        except _tail.Refused:
+            verdicts.append(False)
+    assert verdicts == [legal, legal]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 from mlflow_safeflavor.errors import InvalidArgumentError
 
@@ -31,15 +32,15 @@ def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_regi
     if not isinstance(model_uri, (str, os.PathLike)):
         raise InvalidArgumentError(f"model_uri must be a string, got {type(model_uri).__name__}.")
     uri = os.fspath(model_uri)
-    if not _SCHEME.match(uri) and not os.path.exists(uri):
-        raise InvalidArgumentError(
-            f"{uri}: no such file or directory. Pass the path of a saved model directory or an "
-            "MLflow model URI (runs:/<run_id>/<name>, models:/<name>@<alias>, models:/<name>/<version>)."
-        )
-    if dst is None and not _SCHEME.match(uri):
-        local = _local_as_is(uri)
+    if not _SCHEME.match(uri):
+        local = _local_as_is(uri) if dst is None else None
         if local is not None:
             return local
+        if not os.path.exists(uri):
+            raise InvalidArgumentError(
+                f"{uri}: no such file or directory. Pass the path of a saved model directory or an "
+                "MLflow model URI (runs:/<run_id>/<name>, models:/<name>@<alias>, models:/<name>/<version>)."
+            )
     local = download_registered(uri, dst, check_tag=check_registry)
     if local is not None:
         return local
@@ -58,6 +59,12 @@ def _local_as_is(path: str) -> str | None:
     if os.name != "posix" or _SPECIAL.search(path):
         return None
     name = os.path.basename(path)
-    if name in ("", ".", "..") or os.path.islink(path) or not os.path.exists(path):
+    if name in ("", ".", ".."):
+        return None
+    try:
+        st = os.lstat(path)  # one call for "exists" and "is not a symbolic link"
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISLNK(st.st_mode):
         return None
     return os.path.abspath(path)

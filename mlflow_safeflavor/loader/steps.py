@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -67,15 +68,25 @@ class Progress:
 def model_root(local_path: str | os.PathLike) -> Path:
     """The model directory for a local path that is the directory or a file directly inside it."""
     path = Path(os.path.abspath(os.fspath(local_path)))
-    if path.is_file():
+    kind = _kind(path)
+    if stat.S_ISREG(kind):
         path = path.parent
-    if not path.is_dir():
+        kind = _kind(path)
+    if not stat.S_ISDIR(kind):
         raise MalformedArtifactError(
             f"{path}: no such model directory. Check the path, or pass an MLflow model URI "
             "(runs:/, models:/, ...).",
             path=str(path),
         )
     return path
+
+
+def _kind(path: Path) -> int:
+    """The file type bits of ``path`` (symbolic links followed), 0 when it cannot be reached."""
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):
+        return 0
 
 
 def files(p: Progress, opts: Options) -> str:

@@ -62,14 +62,22 @@ def _alternatives(names: frozenset[str]) -> str:
 
 
 # One parameters-block line as check_tail's loop accepts it: empty, 'parameters:', or a
-# '[name: value]' line whose value suits its name (a typed name with a number/list or nothing;
-# another name with anything but a quote, a backslash or a control character).
-_TYPED = f"{_alternatives(_NUMERIC_PARAMS)}|{_alternatives(_NUMERIC_LIST_PARAMS)}|{_alternatives(_NESTED_LIST_PARAMS)}"
+# '[name: value]' line whose value suits its name. The value's shape picks the one alternative
+# that can match (most values are a number, which suits every name but the nested-list ones),
+# so the name lists are only read, as lookaheads, for the lines that hold something else, and a
+# line that fails gives the matcher nothing to retry in the lines before it.
+_NUMERIC_NAMES = _alternatives(_NUMERIC_PARAMS)
+_LIST_NAMES = _alternatives(_NUMERIC_LIST_PARAMS)
+_NESTED_NAMES = _alternatives(_NESTED_LIST_PARAMS)
+_TWO_OR_MORE = rf"{_JSON_NUMBER}(?:,{_JSON_NUMBER})+"
+_NESTED_NOT_EMPTY = rf"\[(?:{_JSON_NUMBER}(?:,{_JSON_NUMBER})*)?\](?:,\[(?:{_JSON_NUMBER}(?:,{_JSON_NUMBER})*)?\])*"
 _GOOD_LINE = (
-    rf"(?:\[(?:{_alternatives(_NUMERIC_PARAMS)}): (?:{_JSON_NUMBER})?\]"
-    rf"|\[(?:{_alternatives(_NUMERIC_LIST_PARAMS)}): {_NUMBER_LIST_RE.pattern}\]"
-    rf"|\[(?:{_alternatives(_NESTED_LIST_PARAMS)}): {_NESTED_LIST_RE.pattern}\]"
-    rf"|\[(?!(?:{_TYPED}): )[a-z0-9_]+: [^\"\\\x00-\x1f\x7f]*\]"
+    r"(?:\[[a-z0-9_]+: \]"
+    rf"|\[(?!(?:{_NESTED_NAMES}): )[a-z0-9_]+: {_JSON_NUMBER}\]"
+    rf"|\[(?!(?:{_NUMERIC_NAMES}|{_NESTED_NAMES}): )[a-z0-9_]+: {_TWO_OR_MORE}\]"
+    rf"|\[(?!(?:{_NUMERIC_NAMES}|{_LIST_NAMES}): )[a-z0-9_]+: {_NESTED_NOT_EMPTY}\]"
+    rf"|\[(?!(?:{_NUMERIC_NAMES}|{_LIST_NAMES}|{_NESTED_NAMES}): )[a-z0-9_]+: "
+    rf"(?!(?:{_JSON_NUMBER}|{_TWO_OR_MORE}|{_NESTED_NOT_EMPTY})\](?:\n|\Z))[^\"\\\x00-\x1f\x7f]+\]"
     r"|parameters:|)"
 )
 _GOOD_BLOCK = re.compile(rf"{_GOOD_LINE}(?:\n{_GOOD_LINE})*")

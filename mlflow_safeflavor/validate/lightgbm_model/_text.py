@@ -170,6 +170,7 @@ class Section(NamedTuple):
     pos: np.ndarray  # positions of the separators and signs
     c: np.ndarray  # their bytes
     is_newline: np.ndarray
+    newline_at: np.ndarray  # where in pos the line breaks are
     newlines: np.ndarray  # positions of the line breaks: one a line
     line_block: np.ndarray  # per line: its tree
     field: np.ndarray  # per line: its field index in TREE_KEYS, -1 for Tree= and blank lines
@@ -186,7 +187,8 @@ def read_section(region: bytes, sizes: list[int]) -> Section:
     pos = np.flatnonzero(a <= 45)
     c = a.take(pos)
     is_newline = c == 10
-    newlines = pos[is_newline]
+    newline_at = np.flatnonzero(is_newline)
+    newlines = pos.take(newline_at)
     skeleton = region.translate(None, _SKELETON_DROP)
     line_block, field, value_start, outside = _tree_lines(region, a, newlines, sizes, skeleton)
 
@@ -202,7 +204,7 @@ def read_section(region: bytes, sizes: list[int]) -> Section:
     flat = spans.reshape(-1)
     flat[at] = value_start.take(kv)
     flat[at + 1] = newlines.take(kv)
-    return Section(region, a, pos, c, is_newline, newlines, line_block, field, value_start, kv, spans)
+    return Section(region, a, pos, c, is_newline, newline_at, newlines, line_block, field, value_start, kv, spans)
 
 
 def expected_counts(L: np.ndarray, num_cat: np.ndarray, linear: np.ndarray, parsed: np.ndarray) -> np.ndarray:
@@ -471,7 +473,7 @@ def check_numbers(section: Section, expected: np.ndarray) -> np.ndarray:
     or '-'; '-' and '+' are followed by a digit; a space is followed by a digit or '-' (so no empty
     values and no trailing space). The characters were checked by read_section.
     """
-    region, a, pos, c, is_newline, newlines, line_block, field, value_start, kv, spans = section
+    region, a, pos, c, is_newline, newline_at, newlines, line_block, field, value_start, kv, spans = section
     loose = _LOOSE[field[kv]]
     if loose.any():
         # leaf_features/leaf_coeff (linear trees) are written with double spaces; skip their bytes.
@@ -481,6 +483,7 @@ def check_numbers(section: Section, expected: np.ndarray) -> np.ndarray:
         keep = ~skip_line[line_of] | is_newline
         pos, c = pos[keep], c[keep]
         is_newline = c == 10
+        newline_at = np.flatnonzero(is_newline)
         kv = kv[~loose]
     # The section ends with a blank line, so every byte but the last '\n' has a next byte.
     inner = pos[:-1]
@@ -500,9 +503,10 @@ def check_numbers(section: Section, expected: np.ndarray) -> np.ndarray:
     if bad_start.any():
         raise Refused(f"{_field_at(spans, int(starts[int(np.argmax(bad_start))]))} does not start with a number")
 
-    want = expected[line_block[kv], field[kv]]
+    at = (line_block.take(kv), field.take(kv))
+    want = expected[at]
     # Spaces on each line: the specials from just after the previous line's '\n' to its own.
-    line_first = np.flatnonzero(is_newline)[:-1] + 1
+    line_first = newline_at[:-1] + 1
     per_line = np.add.reduceat(c == 32, np.concatenate(([0], line_first)), dtype=np.int32)
     got = per_line[kv] + nonempty
     check = want >= 0
@@ -510,7 +514,7 @@ def check_numbers(section: Section, expected: np.ndarray) -> np.ndarray:
         i = int(np.flatnonzero(check & (got != want))[0])
         raise Refused(f"{_field_at(spans, int(starts[i]))} has {int(got[i])} values, expected {int(want[i])}")
     counts = np.full(expected.shape, -1, dtype=np.int64)
-    counts[line_block[kv], field[kv]] = got
+    counts[at] = got
     return counts
 
 
