@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
 from mlflow_safeflavor.errors import MalformedArtifactError
+# With the codec (imported on first use), not in every load: see codecs/lightgbm.py.
+from mlflow_safeflavor.validate import catboost_model
 
 MODEL_FILE = "model.cbm"
 
@@ -68,8 +70,6 @@ class CatBoostCodec:
         names = [n for n in blobs if n.rsplit("/", 1)[-1] == MODEL_FILE]
         if len(names) != 1:
             raise MalformedArtifactError(f"{path}: model.cbm is not among the recorded files.", path=path)
-        from mlflow_safeflavor.validate import catboost_model
-
         catboost_model.validate(blobs[names[0]], path=path)
         model = cls()
         try:

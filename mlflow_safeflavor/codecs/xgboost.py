@@ -8,6 +8,8 @@ from typing import Any, Mapping
 from mlflow_safeflavor.codecs import _state
 from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
 from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError
+# With the codec (imported on first use), not in every load: see codecs/lightgbm.py.
+from mlflow_safeflavor.validate import xgboost_model
 
 FORMATS = ("ubj", "json")
 
@@ -68,8 +70,6 @@ class XGBoostCodec:
             raise MalformedArtifactError(
                 f"{path}: expected exactly one of model.ubj/model.json in the recorded files.", path=path
             )
-        from mlflow_safeflavor.validate import xgboost_model
-
         # Crafted trees crash XGBoost's native parser/predictor: check structure first.
         xgboost_model.validate(blobs[model_names[0]], path=f"{path}/{model_names[0]}", fmt=model_names[0].rsplit(".", 1)[-1])
         raw = bytearray(blobs[model_names[0]])

@@ -25,10 +25,6 @@ def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_regi
     raised naming the tag; a caller that must skip the check (the gate, which computes the tag)
     says so with ``check_registry=False``. Local paths are returned as they are, not copied.
     """
-    from mlflow.artifacts import download_artifacts
-
-    from mlflow_safeflavor.loader.versions import download_registered
-
     if not isinstance(model_uri, (str, os.PathLike)):
         raise InvalidArgumentError(f"model_uri must be a string, got {type(model_uri).__name__}.")
     uri = os.fspath(model_uri)
@@ -41,6 +37,12 @@ def download(model_uri: str | os.PathLike, dst: str | None = None, *, check_regi
                 f"{uri}: no such file or directory. Pass the path of a saved model directory or an "
                 "MLflow model URI (runs:/<run_id>/<name>, models:/<name>@<alias>, models:/<name>/<version>)."
             )
+    # Imported here, past the local-path shortcut: on a cold cache each import statement costs
+    # tens of microseconds, and a local load needs neither.
+    from mlflow.artifacts import download_artifacts
+
+    from mlflow_safeflavor.loader.versions import download_registered
+
     local = download_registered(uri, dst, check_tag=check_registry)
     if local is not None:
         return local

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mlflow_safeflavor import integrity, policy, signing
+from mlflow_safeflavor import integrity, policy, probe, signing
 from mlflow_safeflavor.codecs import get_codec
 from mlflow_safeflavor.codecs.base import Codec, Inspected
 from mlflow_safeflavor.errors import (
@@ -26,6 +26,7 @@ from mlflow_safeflavor.errors import (
     SafeFlavorError,
 )
 from mlflow_safeflavor.record import FLAVOR_NAME, Record, parse_record, read_mlmodel
+from mlflow_safeflavor.validate.skops_zip import looks_like_pickle
 
 LOADER_MODULE = "mlflow_safeflavor"
 ALLOWED_FLAVORS = frozenset({"python_function", FLAVOR_NAME})
@@ -174,8 +175,6 @@ def check_pyfunc_conf(p: Progress, opts: Options) -> str:
 
 
 def _looks_pickled(name: str, head: bytes) -> str | None:
-    from mlflow_safeflavor.validate.skops_zip import looks_like_pickle
-
     if name.lower().endswith(PICKLE_SUFFIXES):
         return "has a pickle file name"
     if looks_like_pickle(head[:2]):
@@ -228,8 +227,6 @@ def build(p: Progress, opts: Options) -> str:
     decoding error, an allocation failure — is a malformed artifact, never a leak of the library's
     own exception; a missing package is named as such.
     """
-    from mlflow_safeflavor import probe
-
     assert p.codec is not None and p.inspected is not None and p.decision is not None
     with _typed(p, "build a working model from"):
         p.model = p.inspected.build(list(p.decision.required))
