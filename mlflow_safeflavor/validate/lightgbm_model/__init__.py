@@ -70,12 +70,6 @@ def _check(text: Any, encoded: bytes | None = None) -> None:
             data = text.encode("utf-8")
         except UnicodeEncodeError:
             raise Refused("it is not valid Unicode text") from None
-    if b"\x00" in data:
-        raise Refused("it contains a NUL byte")
-    if b"\r" in data:
-        # LightGBM writes "\n" only; tree_sizes counts bytes, so CRLF text cannot load.
-        raise Refused("it contains carriage returns (was it saved with Windows line endings?)")
-
     # LightGBM reads header lines until the first line that starts with "Tree=" (with no tree
     # at all, to the end of the file).
     first_tree = data.find(b"\nTree=")
@@ -86,12 +80,14 @@ def _check(text: Any, encoded: bytes | None = None) -> None:
         p0 = tail_start = end + 1
     else:
         p0 = first_tree + 1
+    _plain_text(data, 0, p0)  # the tree section's characters are checked with its numbers
     header = parse_header(data[:p0].decode("utf-8"))
 
     n_trees = len(header["tree_sizes"])
     if first_tree < 0:
         if n_trees:
             raise Refused(f"tree_sizes lists {n_trees} trees but the file has none")
+        _plain_text(data, tail_start, len(data))
         check_zero_tree_tail(data[tail_start:].decode("utf-8"))
     else:
         if n_trees == 0:
@@ -107,6 +103,16 @@ def _check(text: Any, encoded: bytes | None = None) -> None:
                 "tree_sizes does not add up to the tree section (the trees must be followed by "
                 "'end of trees' exactly where tree_sizes says they end)"
             )
+        _plain_text(data, tail_start, len(data))
         check_trees(data[p0:tail_start], header["tree_sizes"], header["max_feature_idx"])
     check_tail(data[tail_start:].decode("utf-8"))
     check_pandas_categorical(text)
+
+
+def _plain_text(data: bytes, start: int, end: int) -> None:
+    """No NUL and no carriage return in ``data[start:end]`` (the header or what follows the trees)."""
+    if data.find(b"\x00", start, end) >= 0:
+        raise Refused("it contains a NUL byte")
+    if data.find(b"\r", start, end) >= 0:
+        # LightGBM writes "\n" only; tree_sizes counts bytes, so CRLF text cannot load.
+        raise Refused("it contains carriage returns (was it saved with Windows line endings?)")
