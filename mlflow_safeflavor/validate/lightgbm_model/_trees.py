@@ -27,10 +27,7 @@ def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:
     section = read_section(region, sizes)
     spans = section.spans
 
-    for key in ("num_leaves", "num_cat", "leaf_value"):
-        missing = spans[:, K[key], 0] < 0
-        if missing.any():  # LightGBM: Log::Fatal inside the parallel loop, i.e. abort
-            raise Refused(f"tree {int(np.argmax(missing))} has no {key}")
+    _require(spans, ("num_leaves", "num_cat", "leaf_value"))  # LightGBM: Log::Fatal in the parallel loop, i.e. abort
     has_linear = spans[:, K["is_linear"], 0] >= 0
     if has_linear.all():  # model_to_string writes is_linear in every tree
         L, num_cat, flags = small_ints_of(region, spans, (("num_leaves", 1, MAX_LEAVES), ("num_cat", 0, MAX_LEAVES), ("is_linear", 0, 1)))
@@ -43,10 +40,7 @@ def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:
     # LightGBM stops reading a single-leaf, non-linear tree after num_cat, leaf_value,
     # shrinkage and is_linear; it reads no array whose length is 0.
     parsed = (L > 1) | linear
-    for key in ("left_child", "right_child", "split_feature", "threshold"):
-        missing = (spans[:, K[key], 0] < 0) & parsed
-        if missing.any():
-            raise Refused(f"tree {int(np.argmax(missing))} has no {key}")
+    _require(spans, ("left_child", "right_child", "split_feature", "threshold"), parsed)
     num_cat = np.where(parsed, num_cat, 0)
     if np.any(num_cat > L - 1):
         t = int(np.argmax(num_cat > L - 1))
@@ -99,6 +93,16 @@ def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:
 
 
 
+def _require(spans: np.ndarray, keys: tuple[str, ...], trees: np.ndarray | None = None) -> None:
+    """Every tree (of ``trees``, a mask) has each of ``keys``; else name the first key missing, then its first tree."""
+    missing = spans[:, [K[key] for key in keys], 0] < 0
+    if trees is not None:
+        missing &= trees[:, None]
+    if missing.any():
+        j = int(np.argmax(missing.any(axis=0)))
+        raise Refused(f"tree {int(np.argmax(missing[:, j]))} has no {keys[j]}")
+
+
 def _check_children(left: np.ndarray, right: np.ndarray, L: np.ndarray, n_int: np.ndarray, tree_of: np.ndarray) -> None:
     """Every child in range and after its parent; every node and leaf reached exactly once."""
     total = left.size
@@ -106,28 +110,24 @@ def _check_children(left: np.ndarray, right: np.ndarray, L: np.ndarray, n_int: n
     first = node_off.take(tree_of)  # per node: its tree's first node
     local = np.arange(total) - first
     leaves = L.take(tree_of)
-    child = np.concatenate((left, right))  # both sides at once: node i and node total + i
-    local2 = np.concatenate((local, local))
-    leaves2 = np.concatenate((leaves, leaves))
+    child = np.stack((left, right))  # both sides at once: row 0 left, row 1 right
     # An internal child (>= 0) comes after its parent (LightGBM numbers a node after its parent)
     # and is < num_leaves - 1; a leaf child ~l (< 0) has 0 <= l < num_leaves, i.e. child >= -L.
     to_node = child >= 0
-    bad = (child < -leaves2) | (child > leaves2 - 2) | (to_node & (child <= local2))
+    bad = (child < -leaves) | (child > leaves - 2) | (to_node & (child <= local))
     if bad.any():
-        i = int(np.argmax(bad))
-        side = "left_child" if i < total else "right_child"
-        t = int(tree_of[i % total])
+        side_i, i = divmod(int(np.argmax(bad)), total)
+        t = int(tree_of[i])
         raise Refused(
-            f"tree {t} node {int(local2[i])} has {side}={int(child[i])}, out of range or not after "
-            f"its parent (num_leaves={int(L[t])})"
+            f"tree {t} node {int(local[i])} has {('left_child', 'right_child')[side_i]}={int(child[side_i, i])}, "
+            f"out of range or not after its parent (num_leaves={int(L[t])})"
         )
     # Every node but the root (never a child: children point forward) is the child of exactly
     # one node; then each split tree has exactly num_leaves leaf slots, and all must differ.
     # One count over both: node slots [0, total), then the leaf slots of all trees.
     leaf_off = offsets_of(L)
-    first2 = np.concatenate((first, first))
-    slot = np.where(to_node, first2 + child, total + leaf_off.take(np.concatenate((tree_of, tree_of))) + ~child)
-    reached = np.bincount(slot, minlength=total + int(leaf_off[-1]))
+    slot = np.where(to_node, first + child, (total + leaf_off.take(tree_of)) + ~child)
+    reached = np.bincount(slot.ravel(), minlength=total + int(leaf_off[-1]))
     internal_in, leaf_in = reached[:total], reached[total:]
     if not np.array_equal(internal_in, local != 0):
         i = int(np.argmax(internal_in != (local != 0)))
