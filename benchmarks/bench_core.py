@@ -40,8 +40,9 @@ load runs in a fresh process, which resets its peak RSS (``/proc/self/clear_refs
 the load, so the figure is the growth during that one load.
 
 Targets (from the performance issue) are judged per model:
-save <= 1.5 x raw save + 50 ms; load <= 1.2 x raw load (XGBoost, LightGBM, CatBoost: <= 1.2 x raw
-load + 2 ms, the fixed cost of reading MLmodel, checking digests and validating the native file);
+save <= 1.5 x raw save + 50 ms; load <= 1.2 x raw load + 3 ms for the skops models (XGBoost,
+LightGBM, CatBoost: <= 1.2 x raw load + 2 ms, the fixed cost of reading MLmodel, checking digests
+and validating the native file);
 pyfunc 1-row predict <= raw + 0.2 ms (judged on our wrapper's own overhead; the full PyFuncModel
 figures are shown next to it).
 """
@@ -83,6 +84,7 @@ TREE_KEYS = ("rf", "et", "hgb", "pipe_rf")
 # Native GBDT models: load judged as <= 1.2 x raw + 2 ms (issue 15).
 GBDT_LIBRARIES = ("xgboost", "lightgbm", "catboost")
 GBDT_LOAD_SLACK_S = 0.002
+SKOPS_LOAD_SLACK_S = 0.003
 
 
 # ------------------------------------------------------------------------------------- models
@@ -435,8 +437,10 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
     s, l, p1 = res["save"], res["load"], res["predict1"]
     # Issue 15: a native GBDT load may cost its library's own load plus a fixed 2 ms (MLmodel,
     # digests, structural validation); the skops models keep the proportional target.
-    load_slack = GBDT_LOAD_SLACK_S if b.library in GBDT_LIBRARIES else 0.0
-    res["load_target"] = "≤ 1.2×raw+2ms" if load_slack else "≤ 1.2×raw"
+    # The skops models are judged by the issue against skops + 3 ms (pipelines without trees) and
+    # against pickle (tree models, in their own table); this column shows the skops one for all.
+    load_slack = GBDT_LOAD_SLACK_S if b.library in GBDT_LIBRARIES else SKOPS_LOAD_SLACK_S
+    res["load_target"] = f"≤ 1.2×raw+{load_slack * 1e3:.0f}ms"
     res["targets"] = {
         "save": s["ours"] <= 1.5 * s["raw"] + 0.050,
         "load": l["ours"] <= 1.2 * l["raw"] + load_slack,
@@ -449,7 +453,7 @@ def run_one(b: Bench, paths: Paths, cfg: argparse.Namespace) -> dict[str, Any]:
         res["targets"]["pickle_load"] = l["ours"] <= 2 * l["pickle"] + 0.005
         res["targets"]["pickle_save"] = s["ours"] <= 1.5 * s["pickle"] + 0.050
     elif pickled:
-        res["targets"]["skops_load"] = l["ours"] <= 1.2 * l["raw"] + 0.003
+        res["targets"]["skops_load"] = l["ours"] <= 1.2 * l["raw"] + SKOPS_LOAD_SLACK_S
 
     if cfg.profile:
         res["profile"] = profile_ours(b, paths, ours_dir)
