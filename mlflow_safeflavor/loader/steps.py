@@ -9,12 +9,11 @@ artifact is imported here: codecs and classes come from fixed tables.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from mlflow_safeflavor import integrity, policy, probe, signing
 from mlflow_safeflavor.codecs import get_codec
@@ -234,26 +233,35 @@ def build(p: Progress, opts: Options) -> str:
     return "payload structure valid; model builds"
 
 
-@contextlib.contextmanager
-def _typed(p: Progress, doing: str) -> Iterator[None]:
-    """Whatever a library raises on verified bytes becomes a typed refusal naming the files (see :func:`build`)."""
-    assert p.codec is not None
-    names = ", ".join(sorted(p.blobs)) or "the payload"
-    try:
-        yield
-    except SafeFlavorError:
-        raise
-    except (ImportError, ModuleNotFoundError) as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        raise MissingDependencyError(
-            f"{p.root}: building the model needs the Python package {missing!r}, which is not "
-            f"installed in this environment ({type(exc).__name__}: {str(exc)[:200]}). Install it "
-            f"(see the model's requirements.txt) and load again.",
-            path=str(p.root),
-        ) from None
-    except (Exception, MemoryError, RecursionError) as exc:  # noqa: BLE001 - the point: no library error leaks
+class _typed:
+    """Whatever a library raises on verified bytes becomes a typed refusal naming the files (see :func:`build`).
+
+    A class rather than a ``contextlib`` generator: it runs twice in every load, and the
+    generator machinery costs tens of microseconds each time on a cold cache.
+    """
+
+    def __init__(self, p: Progress, doing: str) -> None:
+        assert p.codec is not None
+        self.p, self.doing = p, doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        p = self.p
+        if exc is None or isinstance(exc, SafeFlavorError) or not isinstance(exc, Exception):
+            return False  # nothing raised, already typed, or KeyboardInterrupt/SystemExit: as is
+        if isinstance(exc, ImportError):
+            missing = getattr(exc, "name", None) or str(exc)
+            raise MissingDependencyError(
+                f"{p.root}: building the model needs the Python package {missing!r}, which is not "
+                f"installed in this environment ({type(exc).__name__}: {str(exc)[:200]}). Install it "
+                f"(see the model's requirements.txt) and load again.",
+                path=str(p.root),
+            ) from None
+        names = ", ".join(sorted(p.blobs)) or "the payload"
         raise MalformedArtifactError(
-            f"{p.root}: {p.codec.name} could not {doing} {names} "
+            f"{p.root}: {p.codec.name} could not {self.doing} {names} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else 'no message'}). "
             "The files passed their digest and structure checks, so they were written that way: "
             "corrupt or crafted. Do not use them; re-save the model from its source.",
