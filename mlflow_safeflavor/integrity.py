@@ -137,11 +137,6 @@ def file_digest(data: bytes) -> str:
     return parts_digest(data) if len(data) >= PARTS_MIN_BYTES else sha256_digest(data)
 
 
-def digest_like(data: bytes, recorded: str) -> str:
-    """``data``'s digest in the form of ``recorded`` (``sha256:`` or ``sha256parts:``)."""
-    return parts_digest(data) if recorded.startswith(PARTS_PREFIX) else sha256_digest(data)
-
-
 def _cap(env: str, default: int) -> int:
     raw = os.environ.get(env)
     if not raw:
@@ -289,6 +284,7 @@ class ModelFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._cache: dict[str, bytes] = {}
+        self._sha256: dict[str, str] = {}
         self._total = 0
         self._total_cap = _cap(ENV_MAX_TOTAL_BYTES, DEFAULT_MAX_TOTAL_BYTES)
 
@@ -304,6 +300,16 @@ class ModelFiles:
                 )
             self._cache[name] = data
         return self._cache[name]
+
+    def sha256(self, name: str, *, listed: bool = False) -> str:
+        """``sha256:<hex>`` of ``root/name``'s bytes as :meth:`read` returns them, hashed once.
+
+        A load that requires a signature hashes every file for it, then checks the payload's
+        recorded digests: both read the same cached bytes, so the second check reuses the hash.
+        """
+        if name not in self._sha256:
+            self._sha256[name] = sha256_digest(self.read(name, listed=listed))
+        return self._sha256[name]
 
     def head(self, name: str, size: int) -> bytes:
         """The first ``size`` bytes of a listed file (from the cache when it was read whole)."""
@@ -379,7 +385,7 @@ def _check_one(files: ModelFiles, name: str, expected: object) -> FileCheck:
     except SafeFlavorError as exc:
         check.error = exc
         return check
-    check.actual = digest_like(data, expected)
+    check.actual = parts_digest(data) if expected.startswith(PARTS_PREFIX) else files.sha256(name)
     if hmac.compare_digest(check.actual, expected):
         check.data = data
     else:
@@ -414,7 +420,7 @@ def tree_digest(files: ModelFiles, names: Iterable[str]) -> str:
     """One SHA-256 over every named file: ``sha256(name NUL sha256(file) LF ...)``, names sorted."""
     h = hashlib.sha256()
     for name in sorted(names):
-        h.update(name.encode("utf-8") + b"\0" + sha256_digest(files.read(name, listed=True)).encode() + b"\n")
+        h.update(name.encode("utf-8") + b"\0" + files.sha256(name, listed=True).encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 

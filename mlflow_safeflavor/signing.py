@@ -137,7 +137,7 @@ def verify_directory(files: integrity.ModelFiles, keys: list[Path]) -> Signature
             path=str(root),
         )
     for name in present:
-        actual = integrity.sha256_digest(files.read(name, listed=True)).split(":", 1)[1]
+        actual = files.sha256(name, listed=True).split(":", 1)[1]
         if not hmac.compare_digest(actual, signed[name]):
             raise SignatureError(
                 f"{root / name}: differs from the signed content. The model was edited after "

@@ -215,3 +215,28 @@ def test_key_rotation_in_the_documented_order_never_breaks_a_loader(signed_model
     assert not verify_local(signed_model, public_key=old[1]).ok
     # 3. Dropping the old key leaves every loader working on the re-signed model.
     assert verify_local(signed_model, public_key=new[1]).ok
+
+
+def test_a_signed_load_hashes_each_file_once(signed_model, keys, cases, monkeypatch):
+    """The signature step and the digest step read the same cached bytes: one SHA-256 a file."""
+    from mlflow_safeflavor import integrity
+
+    hashed = []
+    real = integrity.sha256_digest
+    monkeypatch.setattr(integrity, "sha256_digest", lambda data: hashed.append(len(data)) or real(data))
+    model = sf.load_model(str(signed_model), public_key=keys["good"][1])
+    files = [p for p in signed_model.rglob("*") if p.is_file() and p.name != "model.sig"]
+    assert len(hashed) == len(files)
+    case = cases["pipe_ct_xgb"]
+    assert (model.predict(case.X) == case.model.predict(case.X)).all()
+
+
+def test_a_signed_file_changed_after_signing_is_still_refused(signed_model, keys):
+    """The shared hash does not skip a check: a payload byte changed after signing fails."""
+    payload = max((p for p in signed_model.rglob("*") if p.is_file() and p.name not in ("MLmodel", "model.sig")),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 1
+    payload.write_bytes(bytes(data))
+    with pytest.raises(SignatureError):
+        sf.load_model(str(signed_model), public_key=keys["good"][1])
