@@ -141,9 +141,7 @@ def loading_policy(trusted_types: str | Iterable[str] | None = None) -> Policy:
     for names, source in sources:
         for name in names:
             (refused if is_hard_denied(name) else added)[name] = source
-    # No additions (the usual case): the built-in set itself, not a copy of its ~1,000 names.
-    allowed = BUILTIN_ALLOWED | frozenset(added) if added else BUILTIN_ALLOWED
-    return Policy(allowed=allowed, added=added, refused_additions=refused)
+    return Policy(allowed=BUILTIN_ALLOWED | frozenset(added), added=added, refused_additions=refused)
 
 
 @dataclass(frozen=True)
