@@ -59,9 +59,10 @@ def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:
     has_dt = spans[split_trees, K["decision_type"], 0] >= 0
     if not has_dt.all():
         keys = keys[:3]
-    left, right, feature, *rest = parse_ints(region, spans, keys, split_trees, n_int)
-    if rest:
-        decision = rest[0]
+    ints = parse_ints(region, spans, keys, split_trees, n_int)
+    child, feature = ints[:2], ints[2]  # left_child and right_child
+    if len(keys) == 4:
+        decision = ints[3]
     else:  # decision_type is optional; LightGBM uses 0 (numerical split) where it is absent
         (given,) = parse_ints(region, spans, ("decision_type",), split_trees[has_dt], n_int)
         node_off = offsets_of(n_int)
@@ -78,13 +79,13 @@ def check_trees(region: bytes, sizes: list[int], max_feature_idx: int) -> None:
         i = first_outside(decision, 0, 11)  # bits: 1 categorical, 2 default-left, (x >> 2) & 3 missing type 0..2
         if i is not None:
             raise Refused(f"tree {int(tree_of[i])} has decision_type {int(decision[i])}")
-        _check_children(left, right, L, n_int, tree_of)
+        _check_children(child, L, n_int, tree_of)
         categorical = (decision & 1).astype(bool)
         if categorical.any() and np.any(categorical & (num_cat[tree_of] == 0)):
             t = int(tree_of[int(np.argmax(categorical & (num_cat[tree_of] == 0)))])
             raise Refused(f"tree {t} has a categorical split but num_cat=0")
         if int(n_int.max()) >= MAX_DEPTH:
-            _check_depth(left, right, n_int, tree_of)
+            _check_depth(child, n_int, tree_of)
 
     if np.any(num_cat > 0):
         _check_categories(region, spans, counts, num_cat, categorical, n_int)
@@ -103,14 +104,16 @@ def _require(spans: np.ndarray, keys: tuple[str, ...], trees: np.ndarray | None 
         raise Refused(f"tree {int(np.argmax(missing[:, j]))} has no {keys[j]}")
 
 
-def _check_children(left: np.ndarray, right: np.ndarray, L: np.ndarray, n_int: np.ndarray, tree_of: np.ndarray) -> None:
-    """Every child in range and after its parent; every node and leaf reached exactly once."""
-    total = left.size
+def _check_children(child: np.ndarray, L: np.ndarray, n_int: np.ndarray, tree_of: np.ndarray) -> None:
+    """Every child in range and after its parent; every node and leaf reached exactly once.
+
+    ``child`` holds both sides at once: row 0 the left children, row 1 the right ones.
+    """
+    total = child.shape[1]
     node_off = offsets_of(n_int)
     first = node_off.take(tree_of)  # per node: its tree's first node
     local = np.arange(total) - first
     leaves = L.take(tree_of)
-    child = np.stack((left, right))  # both sides at once: row 0 left, row 1 right
     # An internal child (>= 0) comes after its parent (LightGBM numbers a node after its parent)
     # and is < num_leaves - 1; a leaf child ~l (< 0) has 0 <= l < num_leaves, i.e. child >= -L.
     to_node = child >= 0
@@ -138,14 +141,14 @@ def _check_children(left: np.ndarray, right: np.ndarray, L: np.ndarray, n_int: n
         raise Refused(f"tree {t} leaf {leaf} is the child of {int(leaf_in[i])} nodes")
 
 
-def _check_depth(left: np.ndarray, right: np.ndarray, n_int: np.ndarray, tree_of: np.ndarray) -> None:
+def _check_depth(child: np.ndarray, n_int: np.ndarray, tree_of: np.ndarray) -> None:
     """Refuse trees deeper than MAX_DEPTH (pointer jumping over the already-checked parent links)."""
-    total = left.size
+    total = child.shape[1]
     base = offsets_of(n_int)[tree_of]
     parent = np.arange(total)
-    for child in (left, right):
-        src = np.flatnonzero(child >= 0)
-        parent[base[src] + child[src]] = src
+    for side in child:
+        src = np.flatnonzero(side >= 0)
+        parent[base[src] + side[src]] = src
     # dist[v] = min(depth(v), 2**k) and anc[v] = the 2**k-th ancestor (a root stays put).
     dist = (parent != np.arange(total)).astype(np.int64)
     anc = parent
