@@ -251,7 +251,9 @@ def read_file(root: Path, name: str, *, max_bytes: int | None = None, listed: bo
         # (plus one byte to notice growth), not for the cap: CPython reserves the size up front.
         want = min(limit, st.st_size) + 1
         data = os.read(fd, want)
-        if len(data) < want and data:
+        # Read on only after a short read: a file that holds what fstat said needs no second
+        # read(2) to find its end (one more system call per file, ~30 us on a cold cache).
+        if len(data) < want - 1 and data:
             # One read(2) returns at most ~2 GiB: read on until the end or ``want``.
             parts, got = [data], len(data)
             while got < want and (more := os.read(fd, want - got)):
@@ -336,13 +338,15 @@ class ModelFiles:
             with os.scandir(directory) as entries:
                 for entry in entries:
                     rel = f"{prefix}{entry.name}"
-                    st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode):
+                    # The entry's type from the directory itself (d_type; lstat only where the file
+                    # system does not say): no system call per file. Every file read later is
+                    # lstat-ed and fstat-ed again when it is opened.
+                    if entry.is_dir(follow_symlinks=False):
                         stack.append((Path(entry.path), rel + "/", depth + 1))
-                    elif stat.S_ISREG(st.st_mode):
+                    elif entry.is_file(follow_symlinks=False):
                         out.append(rel)
                     else:
-                        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a FIFO, device or socket"
+                        kind = "a symlink" if entry.is_symlink() else "a FIFO, device or socket"
                         raise IntegrityError(
                             f"{self.root / rel}: is {kind}, not a regular file; model directories must "
                             "hold only regular files. Remove it or obtain a clean copy of the model."
