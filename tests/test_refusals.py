@@ -195,3 +195,18 @@ def test_unknown_record_keys_are_refused(tmp_path, cases):
     edit_mlmodel(path, lambda s: s.__setitem__("c0mponents", s.pop("components")))
     with pytest.raises(MalformedArtifactError, match="c0mponents"):
         sf.load_model(str(path))
+
+
+@pytest.mark.parametrize("loader", ["load_model", "load_pyfunc"])
+@pytest.mark.parametrize("value", ["2001-13-45", "1" * 5000])
+def test_mlmodel_scalar_python_cannot_build_is_refused(loader, value, cases, tmp_path):
+    """YAML resolves these (a timestamp, an int) but Python cannot build them (month 13; an int
+    past the 4,300-digit conversion limit): SafeConstructor raises ValueError, which used to
+    leave the loaders untyped."""
+    path = tmp_path / "m"
+    sf.save_model(cases["lgb_clf"].model, path)
+    text = (path / "MLmodel").read_text()
+    assert "\nmlflow_version: " in text
+    (path / "MLmodel").write_text(text.replace("\nmlflow_version: ", f"\nmlflow_version: {value}\nx_old: ", 1))
+    with pytest.raises(MalformedArtifactError, match="MLmodel is not valid YAML"):
+        LOADERS[loader](path)
