@@ -6,10 +6,9 @@ fixed string in this file, so nothing an artifact says decides what gets importe
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from mlflow_safeflavor.codecs.base import Codec
+from mlflow_safeflavor.codecs.base import Codec, import_fixed
 from mlflow_safeflavor.errors import MalformedArtifactError, UnsupportedModelError
 
 CODEC_MODULES: dict[str, str] = {
@@ -32,7 +31,7 @@ def get_codec(name: object, *, path: str = "MLmodel") -> Codec:
             f"{sorted(CODEC_MODULES)}. Upgrade mlflow-safeflavor or re-save the model.",
             path=path,
         )
-    return importlib.import_module(CODEC_MODULES[name]).CODEC
+    return import_fixed(CODEC_MODULES[name]).CODEC
 
 
 def _top_module(model: Any) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
+from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, import_fixed, resolve_class
 from mlflow_safeflavor.errors import MalformedArtifactError
 # With the codec (imported on first use), not in every load: see codecs/lightgbm.py.
 from mlflow_safeflavor.validate import catboost_model
@@ -64,7 +64,7 @@ class CatBoostCodec:
         return set()
 
     def load(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, trusted: list[str], path: str) -> Any:
-        import catboost
+        catboost = import_fixed("catboost")
 
         cls = resolve_class(self.classes, record.get("model_class"), codec=self.name, path=path)
         names = [n for n in blobs if n.rsplit("/", 1)[-1] == MODEL_FILE]

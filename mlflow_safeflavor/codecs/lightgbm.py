@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow_safeflavor.codecs import _state
-from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
+from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, import_fixed, resolve_class
 from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError
 # Imported with the codec (which is imported on first use) rather than on every load: an import
 # statement inside the load costs tens of microseconds on a cold cache.
@@ -81,7 +81,7 @@ class LightGBMCodec:
         return set()
 
     def load(self, blobs: Mapping[str, bytes], record: Mapping[str, Any], *, trusted: list[str], path: str) -> Any:
-        import lightgbm
+        lightgbm = import_fixed("lightgbm")
 
         key = record.get("model_class")
         cls = resolve_class(self.classes, key, codec=self.name, path=path)
@@ -137,7 +137,7 @@ class LightGBMCodec:
 
 
 def _native(fn, path: str) -> Any:
-    import lightgbm
+    lightgbm = import_fixed("lightgbm")
 
     try:
         return fn()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow_safeflavor.codecs import _state
-from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, resolve_class
+from mlflow_safeflavor.codecs.base import Inspected, inspect_by_load, Saved, class_key, import_fixed, resolve_class
 from mlflow_safeflavor.errors import InvalidArgumentError, MalformedArtifactError
 # With the codec (imported on first use), not in every load: see codecs/lightgbm.py.
 from mlflow_safeflavor.validate import xgboost_model
@@ -74,7 +74,7 @@ class XGBoostCodec:
         xgboost_model.validate(blobs[model_names[0]], path=f"{path}/{model_names[0]}", fmt=model_names[0].rsplit(".", 1)[-1])
         raw = bytearray(blobs[model_names[0]])
         if key == "Booster":
-            import xgboost
+            xgboost = import_fixed("xgboost")
 
             return _native(lambda: xgboost.Booster(model_file=raw), path)
         wrapper_names = [n for n in blobs if n.rsplit("/", 1)[-1] == _state.WRAPPER_FILE]
@@ -100,7 +100,7 @@ class XGBoostCodec:
 
 def _native(fn, path: str) -> Any:
     """Run a native parse, turning the library's own errors into MalformedArtifactError."""
-    import xgboost
+    xgboost = import_fixed("xgboost")
 
     try:
         return fn()

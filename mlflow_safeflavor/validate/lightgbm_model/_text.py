@@ -426,7 +426,7 @@ def parse_ints(
     # Joined as bytes: on a cold cache this beats a NumPy gather, whose index arrays are eight
     # times the size of the bytes they gather.
     b = np.frombuffer(b"".join([region[start : end + 1] for start, end in cols.tolist()]), dtype=np.uint8)
-    sep = (b == 32) | (b == 10)
+    sep = b <= 32  # ' ' or '\n': the section holds no other byte below '+' (read_section)
     minus = b == 45
     first = np.empty_like(sep)  # a value's first byte: after a separator
     first[0] = True
