@@ -236,7 +236,7 @@ def _tree_lines(
     by line.
     """
     n = len(sizes)
-    offsets = _check_tree_heads(region, sizes)
+    offsets = _tree_offsets(region, sizes)
     if region[-2:] != b"\n\n":
         raise Refused(f"tree {n - 1} is not followed by a blank line")
     # offsets[-1] is the section's end, after every line break: its entry is the line count.
@@ -255,8 +255,9 @@ def _tree_lines(
         value_start = line_start + _ROW_VALUE_START.take(row)
         if _all_canonical(a, skeleton, layout, row, line_start, value_start, newlines):
             return line_block, _ROW_FIELD.take(row), value_start, None
-    canonical = layout.take(line_block) >= 0
-    row = np.where(canonical, _LAYOUT_BASE[layout[line_block]] + line_no, 0)
+    line_layout = layout.take(line_block)
+    canonical = line_layout >= 0
+    row = np.where(canonical, _LAYOUT_BASE[line_layout] + line_no, 0)
     idx = np.minimum(line_start[:, None] + np.arange(_WIDTH), a.size - 1)
     wrong = ((a[idx] != _PREFIX[row]) & _PREFIX_MASK[row]).any(axis=1)
     wrong |= _ROW_BLANK[row] & (newlines != line_start)
@@ -274,9 +275,9 @@ def _tree_lines(
     return line_block, field, value_start, outside
 
 
-def _check_tree_heads(region: bytes, sizes: list[int]) -> np.ndarray:
-    """Tree i starts with the line 'Tree=i' (i in decimal, no leading zero) and ends with a line
-    break, where tree_sizes puts it; returns the trees' offsets (and the section's end).
+def _tree_offsets(region: bytes, sizes: list[int]) -> np.ndarray:
+    """The trees' offsets (and the section's end), once every tree i starts with the line 'Tree=i'
+    (i in decimal, no leading zero) and ends with a line break where tree_sizes puts it.
 
     A loop over the trees rather than NumPy: a cold load pays for every distinct NumPy routine it
     touches, and the vectorised form needed a dozen of them for one ``startswith`` per tree.
