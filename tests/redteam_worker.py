@@ -85,7 +85,19 @@ def handle(req: dict) -> dict:
 def main() -> None:
     import mlflow_safeflavor  # noqa: F401 - import before saying ready
 
-    print(json.dumps({"ready": True}), flush=True)
+    # Replies go to the original stdout; whatever else writes to fd 1 goes to stderr. Native
+    # libraries print there: LightGBM warns on stdout about an unknown parameter in a mutated
+    # model ("[LightGBM] [Warning] Ignoring unrecognized parameter ..."), which used to become
+    # the reply line and break the campaign with a JSONDecodeError (make fuzz).
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply_with(doc: dict) -> None:
+        replies.write(json.dumps(doc) + "\n")
+        replies.flush()
+
+    reply_with({"ready": True})
     for line in sys.stdin:
         req = json.loads(line)
         saved = {k: os.environ.get(k) for k in req.get("env", {})}
@@ -98,7 +110,7 @@ def main() -> None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-        print(json.dumps(reply), flush=True)
+        reply_with(reply)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,20 @@ def test_the_same_cases_every_run():
     files = ["MLmodel", "model.cbm"]
     assert generate("cb_clf_cat", files, SEED, 20) == generate("cb_clf_cat", files, SEED, 20)
     assert generate("cb_clf_cat", files, SEED, 20) != generate("cb_clf_cat", files, SEED + 1, 20)
+
+
+def test_library_output_on_stdout_does_not_break_the_worker(fuzz_base, worker, tmp_path):
+    """LightGBM prints a warning on stdout for an unknown parameter in the model text (a mutation
+    make fuzz hit); the worker's reply must still arrive and the model still load and predict."""
+    import shutil
+
+    from hostile import replace_payload
+
+    base, X = fuzz_base["lgb_clf"]
+    path = tmp_path / "m"
+    shutil.copytree(base, path)
+    text = (path / "model.txt").read_text()
+    assert "[boosting: gbdt]" in text
+    replace_payload(path, "model.txt", text.replace("[boosting: gbdt]", "[boostinx: gbdt]").encode())
+    reply = worker.load(path, X=X)
+    assert reply["outcome"] == "loaded" and reply["predictions"] == worker.load(base, X=X)["predictions"], reply
